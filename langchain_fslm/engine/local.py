@@ -1,0 +1,411 @@
+"""Local generation with transformers + peft: one base model in memory, many LoRA adapters.
+
+Rows of one batch may use different adapters (peft ``adapter_names=``), so every stage of a stack and
+every concurrent caller share one model object. A lock serialises access to the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
+from langchain_fslm.errors import AdapterError, PromptTooLongError
+from langchain_fslm.models import BaseModelRef, load_base_model
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside a mixed batch
+
+_ENGINES: dict[str, LocalEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(ref: BaseModelRef) -> LocalEngine:
+    """Return the process-wide engine for a base model, loading it on first use.
+
+    Stacks (and stages) on the same base share one model object this way.
+    """
+    key = ref.key()
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = LocalEngine.from_ref(ref)
+            _ENGINES[key] = engine
+        return engine
+
+
+def _stopping_criteria(tokenizer: Any, stops: list[list[str]], prompt_len: int) -> Any:
+    """A criterion that marks each row done once its generated text contains one of its stops."""
+    import torch
+    from transformers import StoppingCriteria
+
+    longest = max((len(s) for row in stops for s in row), default=0)
+    window = max(8, longest + 4)  # tokens: enough to hold the longest stop string
+
+    class _StopOnStrings(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for i, row_stops in enumerate(stops):
+                if not row_stops:
+                    continue
+                start = max(prompt_len, input_ids.shape[1] - window)
+                text = tokenizer.decode(input_ids[i, start:], skip_special_tokens=True)
+                if start == prompt_len:  # leading whitespace never counts as a stop
+                    text = text.lstrip()
+                done[i] = any(s in text for s in row_stops)
+            return done
+
+    return _StopOnStrings()
+
+
+class LocalEngine:
+    """A transformers causal LM plus its LoRA adapters, shared by every stage on that base.
+
+    Args:
+        model: A causal LM (plain or already a ``PeftModel``).
+        tokenizer: Its tokenizer.
+        base_ref: Where the model came from (kept for saving stacks).
+        use_chat_template: Wrap prompts in the tokenizer's chat template. Default: when it has one.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        base_ref: BaseModelRef | None = None,
+        use_chat_template: bool | None = None,
+    ) -> None:
+        from langchain_fslm.models import prepare_tokenizer
+
+        self.model = model
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.base_ref = base_ref
+        if use_chat_template is None:
+            use_chat_template = getattr(tokenizer, "chat_template", None) is not None
+        self.use_chat_template = use_chat_template
+        self.adapter_paths: dict[str, str] = {}
+        self.lock = threading.RLock()
+
+    @classmethod
+    def from_ref(cls, ref: BaseModelRef | str | None = None) -> LocalEngine:
+        """Load the base model of a reference (see :func:`langchain_fslm.models.load_base_model`)."""
+        ref = BaseModelRef(source=ref) if isinstance(ref, str) else (ref or BaseModelRef())
+        model, tokenizer = load_base_model(ref)
+        return cls(model, tokenizer, base_ref=ref)
+
+    # ----------------------------------------------------------------------------- adapters
+    @property
+    def is_peft(self) -> bool:
+        """Whether at least one adapter is loaded (the model is wrapped by peft)."""
+        return hasattr(self.model, "peft_config")
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether an adapter of that name is loaded."""
+        return self.is_peft and name in self.model.peft_config
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter saved in peft format under a name.
+
+        Args:
+            name: Name to use for the adapter (usually the stage name).
+            path: Folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+
+        Raises:
+            AdapterError: If the files are missing, broken, or do not fit this base model.
+        """
+        from peft import PeftModel
+
+        path = Path(path)
+        for required in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (path / required).is_file():
+                raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
+        with self.lock:
+            if self.has_adapter(name):
+                if self.adapter_paths.get(name) == str(path):
+                    return
+                self.model.delete_adapter(name)
+            try:
+                if self.is_peft:
+                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                else:
+                    self.model = PeftModel.from_pretrained(
+                        self.model, str(path), adapter_name=name, is_trainable=False
+                    )
+            except Exception as err:  # peft raises many types; name the file, keep the cause
+                raise AdapterError(
+                    f"Adapter {name!r} at {path} could not be loaded on this base model: {err}"
+                ) from err
+            self.model.eval()
+            self.adapter_paths[name] = str(path)
+
+    def save_adapter(self, name: str, folder: str | Path) -> None:
+        """Write one loaded adapter to ``folder`` in peft format (safetensors)."""
+        import shutil
+        import tempfile
+
+        if not self.has_adapter(name):
+            raise AdapterError(f"No adapter named {name!r} is loaded.")
+        folder = Path(folder)
+        with self.lock, tempfile.TemporaryDirectory() as tmp:
+            self.model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+            saved = Path(tmp) / name if name != "default" else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(saved / file, folder / file)
+
+    # ----------------------------------------------------------------------------- prompts
+    @property
+    def context_length(self) -> int:
+        """Maximum number of tokens (prompt + generation) the model accepts."""
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int):
+                return value
+        return 2048
+
+    def render(self, prompt: str, system: str | None = None) -> str:
+        """The exact text the model sees for a stage prompt (chat template applied where used)."""
+        if not self.use_chat_template:
+            return f"{system}\n\n{prompt}" if system else prompt
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ----------------------------------------------------------------------------- generation
+    def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        if not self.is_peft:
+            missing = sorted({a for a in adapters if a})
+            if missing:
+                raise AdapterError(f"Adapter(s) {missing} requested but none are loaded.")
+            return {}
+        for a in adapters:
+            if a and not self.has_adapter(a):
+                raise AdapterError(f"Adapter {a!r} is not loaded.")
+        return {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
+
+    def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": config.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "repetition_penalty": config.repetition_penalty,
+        }
+        if config.temperature > 0:
+            kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _encode(self, texts: list[str], max_new_tokens: int) -> Any:
+        encoded = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        budget = self.context_length - max_new_tokens
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        for i, n in enumerate(lengths):
+            if n > budget:
+                raise PromptTooLongError(
+                    f"Prompt {i} has {n} tokens; with max_new_tokens={max_new_tokens} the model "
+                    f"accepts at most {budget} (context length {self.context_length})."
+                )
+        return encoded
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Complete requests, one ``generate`` call per group of identical settings.
+
+        Rows with different adapters share a call (peft ``adapter_names=``).
+
+        Args:
+            requests: Prompts with their adapter and settings.
+
+        Returns:
+            One :class:`Generation` per request, in order.
+        """
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            key = request.config.model_dump_json(exclude={"stop"})
+            groups.setdefault(key, []).append(i)
+        for indices in groups.values():
+            batch = [requests[i] for i in indices]
+            for i, generation in zip(indices, self._generate_group(batch), strict=True):
+                results[i] = generation
+        return [r for r in results if r is not None]
+
+    def _generate_group(self, batch: list[GenerationRequest]) -> list[Generation]:
+        import torch
+
+        config = batch[0].config
+        texts = [self.render(r.prompt, r.system) for r in batch]
+        stops = [list(r.config.stop) for r in batch]
+        with self.lock:
+            encoded = self._encode(texts, config.max_new_tokens)
+            prompt_len = encoded["input_ids"].shape[1]
+            kwargs = self._generate_kwargs(config)
+            kwargs.update(self._adapter_kwargs([r.adapter for r in batch]))
+            if any(stops):
+                kwargs["stopping_criteria"] = [
+                    _stopping_criteria(self.tokenizer, stops, prompt_len)
+                ]
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            with torch.inference_mode():
+                output = self.model.generate(**encoded, **kwargs)
+        out: list[Generation] = []
+        eos = self._eos_ids()
+        for i, request in enumerate(batch):
+            new = output[i, prompt_len:].tolist()
+            finish = "length"
+            for j, tok in enumerate(new):
+                if tok in eos:
+                    new, finish = new[:j], "stop"
+                    break
+            text = self.tokenizer.decode(new, skip_special_tokens=True).lstrip()
+            text, hit = cut_at_stop(text, request.config.stop)
+            if hit:
+                finish = "stop"
+            out.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=int(encoded["attention_mask"][i].sum()),
+                    completion_tokens=len(new),
+                    finish_reason=finish,
+                )
+            )
+        return out
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return ids
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Yield the completion of one request piece by piece, honouring stop sequences.
+
+        Text that could be the start of a stop sequence is held back until it is known not to be.
+        """
+        import torch
+        from transformers import TextIteratorStreamer
+
+        config = request.config
+        with self.lock:
+            encoded = self._encode([self.render(request.prompt, request.system)], config.max_new_tokens)
+            streamer = TextIteratorStreamer(
+                self.tokenizer, skip_prompt=True, skip_special_tokens=True
+            )
+            kwargs = self._generate_kwargs(config)
+            kwargs.update(self._adapter_kwargs([request.adapter]))
+            if config.stop:
+                kwargs["stopping_criteria"] = [
+                    _stopping_criteria(self.tokenizer, [list(config.stop)], encoded["input_ids"].shape[1])
+                ]
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    with torch.inference_mode():
+                        self.model.generate(**encoded, **kwargs, streamer=streamer)
+                except BaseException as err:  # surfaced in the caller's thread below
+                    errors.append(err)
+                    streamer.end()
+
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            emitted = ""
+            buffer = ""
+            hold = max((len(s) for s in config.stop), default=1) - 1
+            try:
+                for piece in streamer:
+                    buffer = (buffer + piece).lstrip()
+                    text, hit = cut_at_stop(buffer, config.stop)
+                    if hit:
+                        if text[len(emitted) :]:
+                            yield text[len(emitted) :]
+                        emitted = text
+                        break
+                    safe = buffer[: len(buffer) - hold] if hold > 0 else buffer
+                    if len(safe) > len(emitted):
+                        yield safe[len(emitted) :]
+                        emitted = safe
+                else:
+                    if buffer[len(emitted) :]:
+                        yield buffer[len(emitted) :]
+            finally:
+                for _ in streamer:  # drain so the worker can finish
+                    pass
+                worker.join()
+            if errors:
+                raise errors[0]
+
+    # ----------------------------------------------------------------------------- scoring
+    def loglikelihood(
+        self, pairs: Sequence[tuple[str, str]], adapter: str | None = None, batch_size: int = 8
+    ) -> list[tuple[float, bool, int]]:
+        """Log-probability of each continuation given its context.
+
+        Contexts are used as given (call :meth:`render` first to score through the chat template).
+
+        Args:
+            pairs: ``(context, continuation)`` texts.
+            adapter: Adapter to score with, or None for the base model.
+            batch_size: Rows per forward pass.
+
+        Returns:
+            Per pair: summed log-probability, whether the continuation is the greedy one, and its
+            number of tokens.
+        """
+        import torch
+
+        results: list[tuple[float, bool, int]] = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            rows: list[list[int]] = []
+            cont_lens: list[int] = []
+            for context, continuation in chunk:
+                ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+                whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+                # tokenise jointly, then split where the context's tokens stop matching
+                split = len(ctx)
+                while split > 0 and whole[:split] != ctx[:split]:
+                    split -= 1
+                split = max(1, split)
+                ids = whole[-self.context_length :]
+                n_cont = max(1, min(len(whole) - split, len(ids) - 1))
+                rows.append(ids)
+                cont_lens.append(n_cont)
+            width = max(len(r) for r in rows)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            kwargs = self._adapter_kwargs([adapter] * len(rows))
+            with self.lock, torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask, **kwargs).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, n in enumerate(cont_lens):
+                target = input_ids[i, width - n :]
+                pred = logprobs[i, width - n - 1 : width - 1]
+                token_lp = pred.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                greedy = bool((pred.argmax(-1) == target).all())
+                results.append((float(token_lp.sum()), greedy, n))
+        return results

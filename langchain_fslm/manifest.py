@@ -1,0 +1,179 @@
+"""The on-disk stack format: ``fslm_stack.json`` (pydantic-validated) plus one peft adapter per stage.
+
+```
+my-stack/
+  fslm_stack.json             # StackManifest
+  adapters/<stage>/adapter_config.json
+  adapters/<stage>/adapter_model.safetensors
+```
+Paths inside the manifest are relative to the stack folder and may not leave it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from langchain_fslm.engine.base import GenerationConfig
+from langchain_fslm.errors import ManifestError
+from langchain_fslm.models import BaseModelRef
+from langchain_fslm.outputs import OUTPUT_TYPES
+
+MANIFEST_FILE = "fslm_stack.json"
+FORMAT_VERSION = 1
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+class StageSpec(BaseModel):
+    """One stage as written in a manifest.
+
+    Attributes:
+        name: Stage name; also the state field its output is stored under.
+        prompt: f-string template over fields of the stack state (``{input}``, earlier stage names).
+        output_type: Registered output type name (see :mod:`langchain_fslm.outputs`).
+        adapter: Adapter folder relative to the stack folder, or None for the bare base model.
+        generation: Generation settings.
+        system: Optional system message.
+        backend: ``local`` (transformers + peft) or ``remote`` (an OpenAI-compatible server).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    prompt: str = Field(min_length=1)
+    output_type: str = "text"
+    adapter: str | None = None
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    system: str | None = None
+    backend: Literal["local", "remote"] = "local"
+
+    @field_validator("output_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output type {value!r}; known: {sorted(OUTPUT_TYPES)}")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _inside_stack(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = PurePosixPath(value.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"adapter path {value!r} must be a relative path inside the stack")
+        return str(path)
+
+
+class StackManifest(BaseModel):
+    """A whole stack: base model reference and ordered stages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str = "fslm-stack"
+    base_model: BaseModelRef = Field(default_factory=BaseModelRef)
+    stages: list[StageSpec] = Field(min_length=1)
+    description: str = ""
+
+    @field_validator("format_version")
+    @classmethod
+    def _supported_version(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported stack format version {value}; this langchain-fslm reads version "
+                f"{FORMAT_VERSION}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> StackManifest:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {dupes}")
+        if "input" in names:
+            raise ValueError("'input' is reserved for the stack's input; rename that stage")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_manifest(folder: str | Path) -> StackManifest:
+    """Read and validate a stack folder's manifest.
+
+    Raises:
+        ManifestError: Naming the file and the field, if anything is missing or wrong.
+    """
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path}: no stack manifest here (is {folder} a stack folder?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from err
+    try:
+        manifest = StackManifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(f"{path}: {_describe(err)}") from err
+    root = Path(folder).resolve()
+    for stage in manifest.stages:
+        if stage.adapter is None:
+            continue
+        adapter_dir = (root / stage.adapter).resolve()
+        if not adapter_dir.is_relative_to(root):
+            raise ManifestError(f"{path}: stages.{stage.name}.adapter leaves the stack folder")
+        if not adapter_dir.is_dir():
+            raise ManifestError(
+                f"{path}: stages.{stage.name}.adapter: folder {adapter_dir} does not exist"
+            )
+    return manifest
+
+
+def write_stack_atomically(folder: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Build a stack folder in a temporary sibling, then move it into place.
+
+    A crash mid-way leaves the old folder (or nothing) at ``folder``, never a half-written stack.
+
+    Args:
+        folder: Destination stack folder (replaced if it exists).
+        fill: Writes every file into the temporary folder it is given.
+
+    Returns:
+        The destination folder.
+    """
+    dest = Path(folder).resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        fill(tmp)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def dump_manifest(manifest: StackManifest, folder: Path) -> None:
+    """Write the manifest file into ``folder`` (used inside :func:`write_stack_atomically`)."""
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
+    (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")

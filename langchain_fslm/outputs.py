@@ -1,0 +1,173 @@
+"""Typed stage outputs (pydantic) and the LangChain output parser that builds them from plain text.
+
+Stages hand plain natural language to each other; each output type knows how to read that text
+(:meth:`StageOutput.from_text`) and how to write it back for the next stage (:meth:`StageOutput.as_text`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.output_parsers import BaseOutputParser
+from pydantic import BaseModel, ConfigDict, Field
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|\(\d+\))\s+(.*\S)\s*$")
+_PREFIX = re.compile(r"^\s*(?:task|intent|answer|final answer|draft)\s*:\s*", re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    """Strip whitespace and a leading ``Answer:``-style label."""
+    return _PREFIX.sub("", text.strip(), count=1).strip()
+
+
+class StageOutput(BaseModel):
+    """Base class of stage output types. Subclasses parse from and render to plain text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type_name: ClassVar[str] = "text"
+
+    @classmethod
+    def from_text(cls, text: str) -> StageOutput:
+        """Parse generated text.
+
+        Raises:
+            ValueError: If the text does not hold this type (the message says why).
+        """
+        raise NotImplementedError
+
+    def as_text(self) -> str:
+        """The natural-language form handed to the next stage."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.as_text()
+
+
+class Text(StageOutput):
+    """Free text (any non-empty answer)."""
+
+    type_name: ClassVar[str] = "text"
+    text: str = Field(min_length=1)
+
+    @classmethod
+    def from_text(cls, text: str) -> Text:  # noqa: D102
+        cleaned = _clean(text)
+        if not cleaned:
+            raise ValueError("the text is empty")
+        return cls(text=cleaned)
+
+    def as_text(self) -> str:  # noqa: D102
+        return self.text
+
+
+class Intent(Text):
+    """What the request asks for, in one sentence."""
+
+    type_name: ClassVar[str] = "intent"
+
+    @classmethod
+    def from_text(cls, text: str) -> Intent:  # noqa: D102
+        for line in text.splitlines():
+            cleaned = _clean(line)
+            if cleaned:
+                return cls(text=cleaned)
+        raise ValueError("no sentence describing the request")
+
+
+class KeyPoints(StageOutput):
+    """The points a good answer must cover."""
+
+    type_name: ClassVar[str] = "key_points"
+    points: list[str] = Field(min_length=1)
+
+    @classmethod
+    def from_text(cls, text: str) -> KeyPoints:  # noqa: D102
+        lines = [line for line in text.splitlines() if line.strip()]
+        points = [m.group(1) for line in lines if (m := _BULLET.match(line))]
+        if not points:  # a model that forgets the bullets still wrote the points, one per line
+            points = [_clean(line) for line in lines if _clean(line)]
+        if not points:
+            raise ValueError("no key points found (expected one point per line)")
+        return cls(points=points)
+
+    def as_text(self) -> str:  # noqa: D102
+        return "\n".join(f"- {p}" for p in self.points)
+
+
+class Draft(Text):
+    """A first full answer."""
+
+    type_name: ClassVar[str] = "draft"
+
+
+class Answer(Text):
+    """The final answer."""
+
+    type_name: ClassVar[str] = "answer"
+
+
+OUTPUT_TYPES: dict[str, type[StageOutput]] = {
+    t.type_name: t for t in (Text, Intent, KeyPoints, Draft, Answer)
+}
+
+
+def register_output_type(output_type: type[StageOutput]) -> type[StageOutput]:
+    """Register a custom output type so stack manifests can name it (usable as a decorator).
+
+    Only registered types can be named in a manifest: loading a stack never imports code.
+    """
+    OUTPUT_TYPES[output_type.type_name] = output_type
+    return output_type
+
+
+def output_type_by_name(name: str) -> type[StageOutput]:
+    """Look up a registered output type.
+
+    Raises:
+        KeyError: With the known names, if ``name`` is not registered.
+    """
+    try:
+        return OUTPUT_TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown output type {name!r}; known: {sorted(OUTPUT_TYPES)}") from None
+
+
+class StageOutputParser(BaseOutputParser[StageOutput]):
+    """Parse a stage's plain-text output into its pydantic type.
+
+    Args:
+        output_type: The :class:`StageOutput` subclass to build.
+    """
+
+    output_type: type[StageOutput] = Text
+
+    def parse(self, text: str) -> StageOutput:
+        """Parse text into ``output_type``.
+
+        Raises:
+            OutputParserException: If the text does not hold the type; carries the raw text.
+        """
+        try:
+            return self.output_type.from_text(text)
+        except (ValueError, TypeError) as err:
+            raise OutputParserException(
+                f"Could not parse {self.output_type.__name__}: {err}", llm_output=text
+            ) from err
+
+    @property
+    def _type(self) -> str:
+        return f"fslm_{self.output_type.type_name}"
+
+    def get_format_instructions(self) -> str:
+        """Plain-text format hint (stages put format wording in their prompts instead)."""
+        if issubclass(self.output_type, KeyPoints):
+            return "Write one point per line, each starting with '- '."
+        return "Write plain text."
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+        """The parsed type."""
+        return self.output_type
