@@ -28,7 +28,8 @@ from langchain_fslm.outputs import OUTPUT_TYPES
 
 MANIFEST_FILE = "fslm_stack.json"
 FORMAT_VERSION = 1
-_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+RESERVED_FIELDS = frozenset({"input", "output"})
 
 
 class StageSpec(BaseModel):
@@ -42,6 +43,9 @@ class StageSpec(BaseModel):
         generation: Generation settings.
         system: Optional system message.
         backend: ``local`` (transformers + peft) or ``remote`` (an OpenAI-compatible server).
+        parse_retries: How many times to regenerate (sampling) when the output does not parse.
+        on_parse_error: After the retries, ``raise`` a :class:`StageOutputError`, or ``pass_raw``:
+            hand the raw text on and flag it in the handoff event.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +57,8 @@ class StageSpec(BaseModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     system: str | None = None
     backend: Literal["local", "remote"] = "local"
+    parse_retries: int = Field(default=1, ge=0, le=10)
+    on_parse_error: Literal["raise", "pass_raw"] = "raise"
 
     @field_validator("output_type")
     @classmethod
@@ -99,8 +105,9 @@ class StackManifest(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique; repeated: {dupes}")
-        if "input" in names:
-            raise ValueError("'input' is reserved for the stack's input; rename that stage")
+        reserved = sorted(set(names) & RESERVED_FIELDS)
+        if reserved:
+            raise ValueError(f"stage names {reserved} are reserved for the stack; rename them")
         return self
 
 
@@ -137,9 +144,7 @@ def load_manifest(folder: str | Path) -> StackManifest:
         if not adapter_dir.is_relative_to(root):
             raise ManifestError(f"{path}: stages.{stage.name}.adapter leaves the stack folder")
         if not adapter_dir.is_dir():
-            raise ManifestError(
-                f"{path}: stages.{stage.name}.adapter: folder {adapter_dir} does not exist"
-            )
+            raise ManifestError(f"{path}: stages.{stage.name}.adapter: folder {adapter_dir} does not exist")
     return manifest
 
 

@@ -7,6 +7,7 @@ safetensors only, ``trust_remote_code`` off unless asked, left padding and ``pad
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import logging
 import os
@@ -205,14 +206,37 @@ def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:
         resolved.path, gguf_file=resolved.gguf_file, dtype=_torch_dtype(ref.dtype)
     )
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, cached)
+        _write_plain_copy(model, tokenizer, cached)
     except OSError as err:  # a read-only home must not stop the load
         logger.warning("Could not cache the converted model in %s: %s", cached, err)
+        return model, tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(cached)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(ref.dtype), use_safetensors=True)
     return model, tokenizer
+
+
+def _write_plain_copy(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Write a de-quantised model as a plain safetensors folder, atomically (temp folder, then rename).
+
+    transformers refuses ``save_pretrained`` on a model loaded from GGUF (it counts as quantised), so
+    the weights are written with safetensors directly and the config without its quantisation entry.
+    """
+    from safetensors.torch import save_model
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_base_model(ref: BaseModelRef | str | None = None) -> tuple[PreTrainedModel, Any]:

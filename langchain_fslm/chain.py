@@ -1,0 +1,530 @@
+"""``FSLMChain``: a stack of small-model stages, composed in LCEL, usable wherever an LLM goes.
+
+The data path::
+
+    input (str | PromptValue | messages) -> fslm_input -> stage 1 -> ... -> stage N -> fslm_output -> str
+
+Each stage step adds its typed output to a growing state (so later prompts can read any earlier field) and
+dispatches an ``fslm_handoff`` event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableSequence,
+    RunnableSerializable,
+)
+from langchain_core.runnables.config import run_in_executor
+from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_fslm.engine.base import Engine, GenerationConfig
+from langchain_fslm.errors import StageOutputError
+from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff
+from langchain_fslm.inputs import input_to_text
+from langchain_fslm.manifest import (
+    StackManifest,
+    StageSpec,
+    dump_manifest,
+    load_manifest,
+    write_stack_atomically,
+)
+from langchain_fslm.models import BaseModelRef
+from langchain_fslm.outputs import StageOutput
+from langchain_fslm.stage import SLMRunnable, StageResult, aiter_sync
+
+State = dict[str, Any]
+"""The stack state: ``input`` (str), one entry per finished stage, and ``_results`` (StageResults)."""
+
+RESULTS_KEY = "_results"
+
+
+class StackOutput(BaseModel):
+    """Everything a stack produced, returned when ``include_handoffs=True``.
+
+    Attributes:
+        output: The final answer text.
+        input: The input text the stack read.
+        stages: Each stage's parsed value (or raw text, if it did not parse under ``pass_raw``).
+        results: Each stage's :class:`StageResult` (raw text, token counts, latency), in order.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    output: str
+    input: str
+    stages: dict[str, StageOutput | str]
+    results: list[StageResult]
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Token totals over all stages."""
+        prompt = sum(r.prompt_tokens for r in self.results)
+        completion = sum(r.completion_tokens for r in self.results)
+        return {
+            "input_tokens": prompt,
+            "output_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+
+def _initial_state(value: Any) -> State:
+    return {"input": input_to_text(value), RESULTS_KEY: []}
+
+
+class StageStep(RunnableSerializable[State, State]):
+    """A stage inside a stack: runs the stage on the state, stores its output, emits the handoff.
+
+    Its run carries the stage's name, so traces show one step per stage.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stage: SLMRunnable
+    to_stage: str = FINAL_TARGET
+    stack_name: str = "FSLMChain"
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        """The stage's name."""
+        return super().get_name(suffix, name=name or self.stage.name)
+
+    def _advance(self, state: State, result: StageResult) -> tuple[State, dict[str, Any]]:
+        value: StageOutput | str = result.value if result.value is not None else result.raw.strip()
+        new = {**state, self.stage.name: value, RESULTS_KEY: [*state[RESULTS_KEY], result]}
+        handoff = Handoff(
+            stack=self.stack_name,
+            from_stage=self.stage.name,
+            to_stage=self.to_stage,
+            text=result.text,
+            raw=result.raw,
+            parsed=result.value.model_dump() if result.value is not None else None,
+            output_type=self.stage.output_type.type_name,
+            parse_error=result.parse_error,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=round(result.latency_s, 6),
+            attempts=result.attempts,
+        )
+        return new, handoff.model_dump()
+
+    def _fields(self, state: State) -> Mapping[str, Any]:
+        return {k: v for k, v in state.items() if k != RESULTS_KEY}
+
+    def invoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> State:
+        """Run the stage on one state."""
+        return self._call_with_config(self._invoke, input, config)  # type: ignore[arg-type,misc]
+
+    def _invoke(self, state: State, config: RunnableConfig) -> State:
+        new, event = self._advance(state, self.stage.run_one(self._fields(state)))
+        dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        return new
+
+    async def ainvoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> State:
+        """Async :meth:`invoke`."""
+        return await self._acall_with_config(self._ainvoke, input, config)  # type: ignore[arg-type,misc]
+
+    async def _ainvoke(self, state: State, config: RunnableConfig) -> State:
+        result = await run_in_executor(config, self.stage.run_one, self._fields(state))
+        new, event = self._advance(state, result)
+        await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        return new
+
+    def batch(
+        self,
+        inputs: list[State],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[State]:
+        """Run the stage on many states with one batched generate."""
+        if not inputs:
+            return []
+        return self._batch_with_config(self._batch, inputs, config, return_exceptions=return_exceptions)  # type: ignore[arg-type,misc]
+
+    def _batch(self, states: list[State], config: list[RunnableConfig]) -> list[State | Exception]:
+        results = self.stage.run_batch([self._fields(s) for s in states])
+        out: list[State | Exception] = []
+        for state, result, cfg in zip(states, results, config, strict=True):
+            if isinstance(result, Exception):
+                out.append(result)
+                continue
+            new, event = self._advance(state, result)
+            dispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            out.append(new)
+        return out
+
+    async def abatch(
+        self,
+        inputs: list[State],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[State]:
+        """Async :meth:`batch`."""
+        if not inputs:
+            return []
+        return await self._abatch_with_config(
+            self._abatch,  # type: ignore[arg-type]
+            inputs,
+            config,
+            return_exceptions=return_exceptions,
+        )
+
+    async def _abatch(self, states: list[State], config: list[RunnableConfig]) -> list[State | Exception]:
+        results = await run_in_executor(config[0], self.stage.run_batch, [self._fields(s) for s in states])
+        out: list[State | Exception] = []
+        for state, result, cfg in zip(states, results, config, strict=True):
+            if isinstance(result, Exception):
+                out.append(result)
+                continue
+            new, event = self._advance(state, result)
+            await adispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            out.append(new)
+        return out
+
+    # ----------------------------------------------------------------------------- streaming
+    def _finish_stream(self, state: State, raw: str, elapsed: float) -> tuple[State, dict[str, Any]]:
+        try:
+            value: StageOutput | None = self.stage.parse(raw)
+            error = None
+        except Exception as err:  # OutputParserException; retries are impossible once streamed
+            if self.stage.on_parse_error == "raise":
+                raise StageOutputError(self.stage.name, raw, str(err)) from err
+            value, error = None, str(err)
+        result = StageResult(
+            stage=self.stage.name,
+            raw=raw,
+            value=value,
+            parse_error=error,
+            latency_s=elapsed,
+        )
+        return self._advance(state, result)
+
+    def stream_answer(self, state: State, config: RunnableConfig | None = None) -> Iterator[str]:
+        """Stream this stage's text, then emit its handoff (used for the stack's last stage)."""
+        yield from self._transform_stream_with_config(iter([state]), self._stream_answer, config)  # type: ignore[arg-type,misc]
+
+    def _stream_answer(self, states: Iterator[State], config: RunnableConfig) -> Iterator[str]:
+        import time
+
+        state = next(states)
+        start = time.perf_counter()
+        pieces = []
+        for piece in self.stage.stream_text(self._fields(state)):
+            pieces.append(piece)
+            yield piece
+        _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
+        dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+
+    async def astream_answer(self, state: State, config: RunnableConfig | None = None) -> AsyncIterator[str]:
+        """Async :meth:`stream_answer`."""
+
+        async def one() -> AsyncIterator[State]:
+            yield state
+
+        stream = self._atransform_stream_with_config(one(), self._astream_answer, config)  # type: ignore[arg-type]
+        async for piece in stream:
+            yield piece  # type: ignore[misc]
+
+    async def _astream_answer(
+        self, states: AsyncIterator[State], config: RunnableConfig
+    ) -> AsyncIterator[str]:
+        import time
+
+        state = [s async for s in states][0]
+        start = time.perf_counter()
+        pieces = []
+        async for piece in aiter_sync(self.stage.stream_text(self._fields(state))):
+            pieces.append(piece)
+            yield piece
+        _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
+        await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+
+
+def _adapter_name(stage: str, path: str | Path) -> str:
+    """A unique engine-wide adapter name, so stacks sharing a base never overwrite each other's."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return f"{stage}-{digest}"
+
+
+class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
+    """A fine-tuned stack of small language models, usable wherever LangChain expects an LLM.
+
+    It reads a str, a PromptValue or a list of messages and returns the last stage's answer as a
+    str (or a :class:`StackOutput` with every stage's parsed output when ``include_handoffs=True``).
+
+    Args:
+        stages: The stages, in order.
+        base_model: Reference of the shared base model (written to the manifest on save).
+        include_handoffs: Return a :class:`StackOutput` instead of a str.
+        adapter_sources: Stage name -> adapter folder it was loaded from (used on save).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.output_parsers import StrOutputParser
+            from langchain_core.prompts import ChatPromptTemplate
+            from langchain_fslm import FSLMChain
+
+            stack = FSLMChain.default()
+            chain = ChatPromptTemplate.from_template("Answer briefly: {q}") | stack | StrOutputParser()
+            chain.invoke({"q": "Why is the sky blue?"})
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stages: list[SLMRunnable] = Field(min_length=1)
+    base_model: BaseModelRef | None = None
+    include_handoffs: bool = False
+    adapter_sources: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Sequence[StageSpec],
+        *,
+        base_model: BaseModelRef | str | None = None,
+        engine: Engine | None = None,
+        adapter_root: str | Path | None = None,
+        **kwargs: Any,
+    ) -> FSLMChain:
+        """Build a stack from stage specs on one shared base model.
+
+        Args:
+            specs: Stage specs in order.
+            base_model: Base model reference (default: the embedded SmolLM2-135M-Instruct).
+            engine: An engine to use instead of loading ``base_model`` (shared if already loaded).
+            adapter_root: Folder that the specs' adapter paths are relative to.
+            **kwargs: Other :class:`FSLMChain` fields.
+
+        Returns:
+            The stack.
+        """
+        from langchain_fslm.engine.local import LocalEngine, get_engine
+
+        ref = BaseModelRef(source=base_model) if isinstance(base_model, str) else base_model
+        if engine is None:
+            ref = ref or BaseModelRef()
+            engine = get_engine(ref)
+        elif ref is None and isinstance(engine, LocalEngine):
+            ref = engine.base_ref
+        stages, sources = [], {}
+        for spec in specs:
+            adapter = None
+            if spec.adapter is not None:
+                folder = Path(adapter_root or ".") / spec.adapter
+                adapter = _adapter_name(spec.name, folder)
+                if not engine.has_adapter(adapter):
+                    engine.load_adapter(adapter, folder)  # type: ignore[attr-defined]
+                sources[spec.name] = str(folder)
+            stages.append(SLMRunnable.from_spec(spec, engine, adapter))
+        return cls(stages=stages, base_model=ref, adapter_sources=sources, **kwargs)
+
+    @classmethod
+    def default(
+        cls, base_model: BaseModelRef | str | None = None, *, max_new_tokens: int | None = None
+    ) -> FSLMChain:
+        """The default four-stage stack (intent → key points → draft → answer), zero-shot.
+
+        Args:
+            base_model: Base model (default: the embedded SmolLM2-135M-Instruct).
+            max_new_tokens: Override every stage's generation budget.
+        """
+        from langchain_fslm.roles import default_stage_specs
+
+        return cls.from_specs(default_stage_specs(max_new_tokens), base_model=base_model)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, engine: Engine | None = None, **kwargs: Any) -> FSLMChain:
+        """Load a stack saved with :meth:`save_pretrained` (or written by ``fslm train``).
+
+        Raises:
+            ManifestError: If the manifest is missing or wrong (the message names file and field).
+            AdapterError: If an adapter cannot be loaded onto the base model.
+        """
+        manifest = load_manifest(folder)
+        return cls.from_specs(
+            manifest.stages,
+            base_model=manifest.base_model,
+            engine=engine,
+            adapter_root=folder,
+            description=manifest.description,
+            name=manifest.name,
+            **kwargs,
+        )
+
+    def to_manifest(self, adapter_dir: str = "adapters") -> StackManifest:
+        """This stack's manifest (adapters at ``adapter_dir/<stage>``)."""
+        specs = [
+            StageSpec(
+                name=s.name,
+                prompt=s.prompt,
+                output_type=s.output_type.type_name,
+                adapter=f"{adapter_dir}/{s.name}" if s.adapter else None,
+                generation=s.generation,
+                system=s.system,
+                parse_retries=s.parse_retries,
+                on_parse_error=s.on_parse_error,  # type: ignore[arg-type]
+            )
+            for s in self.stages
+        ]
+        return StackManifest(
+            name=self.name or "fslm-stack",
+            base_model=self.base_model or BaseModelRef(),
+            stages=specs,
+            description=self.description,
+        )
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the manifest and each stage's adapter (peft format), atomically.
+
+        Returns:
+            The stack folder.
+        """
+        manifest = self.to_manifest()
+
+        def fill(tmp: Path) -> None:
+            for stage in self.stages:
+                if stage.adapter:
+                    stage.engine.save_adapter(stage.adapter, tmp / "adapters" / stage.name)
+            dump_manifest(manifest, tmp)
+
+        return write_stack_atomically(folder, fill)
+
+    def with_generation(self, stage: str | None = None, **updates: Any) -> FSLMChain:
+        """A copy whose stage (default: the last) uses updated generation settings.
+
+        Example: ``stack.with_generation(temperature=0.7, max_new_tokens=64)``.
+        """
+        names = [s.name for s in self.stages]
+        index = len(names) - 1 if stage is None else names.index(stage)
+        target = self.stages[index]
+        config = GenerationConfig.model_validate(
+            {
+                **target.generation.model_dump(),
+                **{k: v for k, v in updates.items() if v is not None},
+            }
+        )
+        stages = list(self.stages)
+        stages[index] = target.model_copy(update={"generation": config})
+        return self.model_copy(update={"stages": stages})
+
+    # ----------------------------------------------------------------------------- the LCEL sequence
+    @property
+    def steps(self) -> list[StageStep]:
+        """One step per stage, each knowing which stage reads its output next."""
+        names = [s.name for s in self.stages]
+        return [
+            StageStep(
+                stage=s,
+                to_stage=(names[i + 1] if i + 1 < len(names) else FINAL_TARGET),
+                stack_name=self.get_name(),
+            )
+            for i, s in enumerate(self.stages)
+        ]
+
+    @property
+    def sequence(self) -> Runnable[Any, Any]:
+        """The stack as a plain LCEL sequence: ``fslm_input | stage 1 | ... | stage N | fslm_output``."""
+        return RunnableSequence(
+            RunnableLambda(_initial_state, name="fslm_input"),
+            *self.steps,
+            RunnableLambda(self._final_output, name="fslm_output"),
+            name=self.get_name(),
+        )
+
+    def _final_output(self, state: State) -> Any:
+        results: list[StageResult] = state[RESULTS_KEY]
+        output = results[-1].text
+        if not self.include_handoffs:
+            return output
+        stages = {s.name: state[s.name] for s in self.stages}
+        return StackOutput(output=output, input=state["input"], stages=stages, results=results)
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        """What the stack accepts."""
+        return LanguageModelInput
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+        """What the stack returns."""
+        return StackOutput if self.include_handoffs else str
+
+    # ----------------------------------------------------------------------------- Runnable API
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Run every stage on one input; return the final answer."""
+        return self.sequence.invoke(input, config, **kwargs)
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        """Async :meth:`invoke`."""
+        return await self.sequence.ainvoke(input, config, **kwargs)
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Run many inputs, each stage batched over all of them (one generate per stage)."""
+        return self.sequence.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Async :meth:`batch`."""
+        return await self.sequence.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[str]:
+        """Run the upstream stages, then stream the last stage's text as it is generated."""
+        yield from self._transform_stream_with_config(iter([input]), self._stream, config)  # type: ignore[arg-type,misc]
+
+    def _stream(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[str]:
+        state = _initial_state(next(inputs))
+        *upstream, last = self.steps
+        for step in upstream:
+            state = step.invoke(state, config)
+        yield from last.stream_answer(state, config)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[str]:
+        """Async :meth:`stream`."""
+
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for piece in self._atransform_stream_with_config(one(), self._astream, config):  # type: ignore[arg-type,misc]
+            yield piece
+
+    async def _astream(self, inputs: AsyncIterator[Any], config: RunnableConfig) -> AsyncIterator[str]:
+        state = _initial_state([i async for i in inputs][0])
+        *upstream, last = self.steps
+        for step in upstream:
+            state = await step.ainvoke(state, config)
+        async for piece in last.astream_answer(state, config):
+            yield piece

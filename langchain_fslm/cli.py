@@ -1,0 +1,99 @@
+"""The ``fslm`` command. Thin: it parses flags and calls the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Fine-tuned stacks of small language models (FSLM) for LangChain.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="The request to answer.")],
+    stack: Annotated[
+        Optional[Path], typer.Option(help="Stack folder (default: the built-in four-stage stack).")
+    ] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(help="Base model for the default stack (hub id, folder, .gguf)."),
+    ] = None,
+    show_handoffs: Annotated[bool, typer.Option(help="Print every stage's handoff.")] = False,
+    handoff_log: Annotated[
+        Optional[Path], typer.Option(help="Append handoffs to this JSON-lines file.")
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option(help="Override every stage's generation budget.")
+    ] = None,
+) -> None:
+    """Answer PROMPT with a stack and print the answer (and, if asked, the handoffs)."""
+    from langchain_fslm.chain import FSLMChain
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.handoff import HandoffLogger
+    from langchain_fslm.models import ModelNotFoundError
+
+    try:
+        if stack is not None:
+            chain = FSLMChain.from_pretrained(stack)
+            if max_new_tokens:
+                for s in chain.stages:
+                    chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
+        else:
+            chain = FSLMChain.default(base, max_new_tokens=max_new_tokens)
+        logger = HandoffLogger(handoff_log)
+        answer = chain.invoke(prompt, config={"callbacks": [logger]})
+    except (FSLMError, ModelNotFoundError) as err:
+        raise _fail(str(err)) from None
+    if show_handoffs:
+        for record in logger.records:
+            typer.secho(
+                f"── {record['from_stage']} → {record['to_stage']} "
+                f"({record['prompt_tokens']} in / {record['completion_tokens']} out, "
+                f"{record['latency_s']:.2f}s)",
+                fg=typer.colors.CYAN,
+                err=True,
+            )
+            typer.echo(record["text"], err=True)
+        typer.secho("── answer", fg=typer.colors.GREEN, err=True)
+    typer.echo(answer)
+
+
+@app.command()
+def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
+    """Validate a stack folder and print its manifest summary."""
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(folder)
+    except FSLMError as err:
+        raise _fail(str(err)) from None
+    typer.echo(f"stack:      {manifest.name} (format v{manifest.format_version})")
+    typer.echo(f"base model: {json.dumps(manifest.base_model.model_dump(exclude_defaults=True))}")
+    for i, stage in enumerate(manifest.stages, 1):
+        adapter = stage.adapter or "(none: zero-shot)"
+        typer.echo(
+            f"  {i}. {stage.name:<12} type={stage.output_type:<11} adapter={adapter} "
+            f"max_new_tokens={stage.generation.max_new_tokens} backend={stage.backend}"
+        )
+
+
+def main() -> None:
+    """Entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Handoffs: the ``fslm_handoff`` custom event and :class:`HandoffLogger`, which writes them as JSON lines.
+
+Each time a stage finishes, the stack dispatches one ``fslm_handoff`` event (a LangChain custom event) with
+the text the stage hands to the next one (``to_stage`` is ``"output"`` after the last stage). The events
+reach every callback handler, LangSmith traces and ``astream_events(version="v2")`` as
+``on_custom_event``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from pydantic import BaseModel
+
+HANDOFF_EVENT = "fslm_handoff"
+FINAL_TARGET = "output"
+
+
+class Handoff(BaseModel):
+    """One handoff between stages (the payload of an ``fslm_handoff`` event).
+
+    Attributes:
+        stack: Name of the stack.
+        from_stage: The stage that produced the text.
+        to_stage: The stage that reads it next, or ``"output"`` after the last stage.
+        text: The text handed over (the parsed value written back as text).
+        raw: The text as generated.
+        parsed: The parsed value as a dict (None if parsing failed under ``pass_raw``).
+        output_type: Name of the stage's output type.
+        parse_error: Why parsing failed, if it did (the raw text was handed on, flagged here).
+        prompt_tokens: Tokens in the stage's prompt.
+        completion_tokens: Tokens the stage generated.
+        latency_s: Wall time of the stage in seconds.
+        attempts: Generations the stage needed (1 unless a parse failure was retried).
+    """
+
+    stack: str
+    from_stage: str
+    to_stage: str
+    text: str
+    raw: str
+    parsed: dict[str, Any] | None
+    output_type: str
+    parse_error: str | None = None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    attempts: int = 1
+
+
+class HandoffLogger(BaseCallbackHandler):
+    """Callback handler that records every handoff, and appends it to a JSON-lines file if given one.
+
+    Args:
+        path: File to append to (one JSON object per line, flushed per line). None keeps records in
+            memory only.
+
+    Example:
+        .. code-block:: python
+
+            logger = HandoffLogger("handoffs.jsonl")
+            stack.invoke("Why is the sky blue?", config={"callbacks": [logger]})
+            logger.records[0]["from_stage"]  # "intent"
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record ``fslm_handoff`` events; ignore the rest."""
+        if name != HANDOFF_EVENT:
+            return
+        record = {"run_id": str(run_id), **dict(data)}
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            self.records.append(record)
+            if self.path is not None:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(line + "\n")
