@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
 from langchain_core.language_models import LanguageModelInput
@@ -28,6 +28,8 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fslm.engine.base import Engine, GenerationConfig
+from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
+from langchain_fslm.engine.remote import remote_engine as remote_engine_from
 from langchain_fslm.errors import StageOutputError
 from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff
 from langchain_fslm.inputs import input_to_text
@@ -299,6 +301,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         base_model: BaseModelRef | str | None = None,
         engine: Engine | None = None,
         adapter_root: str | Path | None = None,
+        backend: Literal["local", "remote"] | None = None,
+        remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> FSLMChain:
         """Build a stack from stage specs on one shared base model.
@@ -308,6 +312,11 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             base_model: Base model reference (default: the embedded SmolLM2-135M-Instruct).
             engine: An engine to use instead of loading ``base_model`` (shared if already loaded).
             adapter_root: Folder that the specs' adapter paths are relative to.
+            backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``.
+            remote: The OpenAI-compatible server remote stages call: a :class:`RemoteEngine`,
+                :class:`RemoteSettings`, a settings mapping (``{"base_url": ..., "api_key": ...}``) or a
+                base URL; None: ``FSLM_REMOTE_BASE_URL``. Remote stages ask for the model named after
+                the stage when they have an adapter, else for the base model.
             **kwargs: Other :class:`FSLMChain` fields.
 
         Returns:
@@ -316,21 +325,27 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         from langchain_fslm.engine.local import LocalEngine, get_engine
 
         ref = BaseModelRef(source=base_model) if isinstance(base_model, str) else base_model
-        if engine is None:
+        kinds = [backend or spec.backend for spec in specs]
+        remote_engine = remote_engine_from(remote) if "remote" in kinds else None
+        if "local" not in kinds:
+            ref = ref or BaseModelRef()  # kept for the manifest; no local model is loaded
+        elif engine is None:
             ref = ref or BaseModelRef()
             engine = get_engine(ref)
         elif ref is None and isinstance(engine, LocalEngine):
             ref = engine.base_ref
         stages, sources = [], {}
-        for spec in specs:
+        for spec, kind in zip(specs, kinds, strict=True):
+            stage_engine = remote_engine if kind == "remote" else engine
             adapter = None
             if spec.adapter is not None:
                 folder = Path(adapter_root or ".") / spec.adapter
-                adapter = _adapter_name(spec.name, folder)
-                if not engine.has_adapter(adapter):
-                    engine.load_adapter(adapter, folder)  # type: ignore[attr-defined]
+                remote_stage = isinstance(stage_engine, RemoteEngine)
+                adapter = spec.name if remote_stage else _adapter_name(spec.name, folder)
+                if not stage_engine.has_adapter(adapter):  # type: ignore[union-attr]
+                    stage_engine.load_adapter(adapter, folder)  # type: ignore[union-attr]
                 sources[spec.name] = str(folder)
-            stages.append(SLMRunnable.from_spec(spec, engine, adapter))
+            stages.append(SLMRunnable.from_spec(spec, stage_engine, adapter))  # type: ignore[arg-type]
         return cls(stages=stages, base_model=ref, adapter_sources=sources, **kwargs)
 
     @classmethod
@@ -350,6 +365,9 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, engine: Engine | None = None, **kwargs: Any) -> FSLMChain:
         """Load a stack saved with :meth:`save_pretrained` (or written by ``fslm train``).
+
+        Each stage runs on its manifest ``backend``; ``backend="remote"`` (with ``remote=``, see
+        :meth:`from_specs`) or ``backend="local"`` switches all.
 
         Raises:
             ManifestError: If the manifest is missing or wrong (the message names file and field).
@@ -376,6 +394,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                 adapter=f"{adapter_dir}/{s.name}" if s.adapter else None,
                 generation=s.generation,
                 system=s.system,
+                backend="remote" if isinstance(s.engine, RemoteEngine) else "local",
                 parse_retries=s.parse_retries,
                 on_parse_error=s.on_parse_error,  # type: ignore[arg-type]
             )

@@ -1,0 +1,327 @@
+"""Generation on an OpenAI-compatible server (vLLM, llama.cpp server) through langchain-openai.
+
+A stage's adapter is chosen by *model name*, the way vLLM serves several LoRA adapters from one base
+(``vllm serve BASE --enable-lora --lora-modules intent=PATH ...``): a stage with an adapter asks for the
+model named after the adapter, an adapter-less stage asks for the base model's name.
+
+langchain-openai (the ``remote`` extra) is imported only when a request is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
+from langchain_fslm.errors import AdapterError, FSLMError
+
+ENV_BASE_URL = "FSLM_REMOTE_BASE_URL"
+ENV_API_KEY = "FSLM_REMOTE_API_KEY"
+ENV_MODEL = "FSLM_REMOTE_MODEL"
+
+
+class RemoteEngineError(FSLMError):
+    """The server answered with an error (the message names the URL, model and status)."""
+
+
+class ServerUnreachableError(RemoteEngineError, ConnectionError):
+    """No answer from the server (refused, DNS, or timed out after every retry); names the URL."""
+
+
+class RemoteSettings(BaseModel):
+    """Where and how to reach an OpenAI-compatible server.
+
+    Attributes:
+        base_url: The API root, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key: Sent as a bearer token (vLLM ``--api-key``); local servers accept any value.
+        model: The base model's served name, used by adapter-less stages. None: the first model the
+            server lists under ``/models`` (vLLM lists the base first, then the LoRA modules).
+        api: ``chat`` (the server applies the model's chat template) or ``completions`` (raw prompt).
+        timeout: Seconds to wait for one HTTP request.
+        max_retries: Retries on connection errors, timeouts, 408/409/429 and 5xx (with backoff).
+        max_concurrency: Requests in flight at once when a stage runs a batch.
+        adapter_models: Adapter name -> served model name, where they differ (default: the same).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(min_length=1)
+    api_key: str = "EMPTY"
+    model: str | None = None
+    api: Literal["chat", "completions"] = "chat"
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    adapter_models: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> RemoteSettings:
+        """Settings from ``FSLM_REMOTE_BASE_URL`` / ``FSLM_REMOTE_API_KEY`` / ``FSLM_REMOTE_MODEL``.
+
+        Raises:
+            RemoteEngineError: If no base URL is given either way.
+        """
+        values: dict[str, Any] = {
+            "base_url": os.environ.get(ENV_BASE_URL),
+            "api_key": os.environ.get(ENV_API_KEY),
+            "model": os.environ.get(ENV_MODEL),
+        }
+        values = {k: v for k, v in values.items() if v} | dict(overrides)
+        if not values.get("base_url"):
+            raise RemoteEngineError(
+                f"A remote backend needs a server: pass remote={{'base_url': 'http://HOST:PORT/v1'}} "
+                f"or set {ENV_BASE_URL}."
+            )
+        return cls.model_validate(values)
+
+
+def _payload(config: GenerationConfig) -> dict[str, Any]:
+    """Request fields for a generation config.
+
+    ``max_tokens`` also goes in the body as is (langchain-openai renames it ``max_completion_tokens``,
+    which older servers ignore); the penalty goes under vLLM's and llama.cpp's names (llama.cpp's own
+    default is 1.1, so 1.0 is sent too).
+    """
+    extra: dict[str, Any] = {
+        "max_tokens": config.max_new_tokens,
+        "repetition_penalty": config.repetition_penalty,
+        "repeat_penalty": config.repetition_penalty,
+    }
+    fields: dict[str, Any] = {
+        "max_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p if config.temperature > 0 else 1.0,
+        "extra_body": extra,
+    }
+    if config.stop:
+        fields["stop"] = list(config.stop)
+    if config.seed is not None:
+        fields["seed"] = config.seed
+    return fields
+
+
+class RemoteEngine:
+    """An :class:`~langchain_fslm.engine.base.Engine` whose text comes from an OpenAI-compatible server.
+
+    Args:
+        settings: Server settings, or a ``base_url`` string.
+        **kwargs: Other :class:`RemoteSettings` fields when ``settings`` is a string.
+
+    Example:
+        .. code-block:: python
+
+            engine = RemoteEngine("http://127.0.0.1:8000/v1", model="HuggingFaceTB/SmolLM2-135M-Instruct")
+            engine.generate([GenerationRequest(prompt="Hi", adapter="intent")])
+    """
+
+    def __init__(self, settings: RemoteSettings | str, **kwargs: Any) -> None:
+        if isinstance(settings, str):
+            settings = RemoteSettings(base_url=settings, **kwargs)
+        elif kwargs:
+            settings = settings.model_copy(update=kwargs)
+        self.settings = settings
+        self.adapter_paths: dict[str, str] = {}
+        self._client: Any = None
+        self._base_model: str | None = settings.model
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RemoteEngine(base_url={self.settings.base_url!r}, api={self.settings.api!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The server's API root."""
+        return self.settings.base_url
+
+    # ----------------------------------------------------------------------------- adapters
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Register the local copy of an adapter the server serves as model ``name``.
+
+        The server loads its own copy (``--lora-modules name=PATH``); the local one is kept so the stack
+        can be saved again.
+
+        Raises:
+            AdapterError: If the adapter files are missing.
+        """
+        path = Path(path)
+        for required in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (path / required).is_file():
+                raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
+        self.adapter_paths[name] = str(path)
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether an adapter of that name was registered (the server is not asked)."""
+        return name in self.adapter_paths
+
+    def save_adapter(self, name: str, folder: str | Path) -> None:
+        """Copy a registered adapter's files to ``folder``."""
+        if name not in self.adapter_paths:
+            raise AdapterError(f"No adapter named {name!r} is registered with {self!r}.")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(Path(self.adapter_paths[name]) / file, folder / file)
+
+    def model_name(self, adapter: str | None) -> str:
+        """The served model name a request with this adapter asks for."""
+        if adapter is not None:
+            return self.settings.adapter_models.get(adapter, adapter)
+        if self._base_model is None:
+            served = self.served_models()
+            if not served:
+                raise RemoteEngineError(f"The server at {self.base_url} lists no models.")
+            self._base_model = served[0]
+        return self._base_model
+
+    # ----------------------------------------------------------------------------- server
+    def _llm(self) -> Any:
+        """The langchain-openai model object (``ChatOpenAI`` or ``OpenAI``), built once."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    from langchain_openai import ChatOpenAI, OpenAI
+                except ImportError as err:  # pragma: no cover - depends on the install
+                    raise RemoteEngineError(
+                        "The remote backend needs langchain-openai: pip install 'langchain-fslm[remote]'"
+                    ) from err
+                cls = ChatOpenAI if self.settings.api == "chat" else OpenAI
+                self._client = cls(
+                    base_url=self.base_url,
+                    api_key=self.settings.api_key,  # type: ignore[arg-type]
+                    model=self.settings.model or "default",
+                    timeout=self.settings.timeout,
+                    max_retries=self.settings.max_retries,
+                )
+            return self._client
+
+    def served_models(self) -> list[str]:
+        """Model names the server lists under ``/models`` (base model and LoRA modules)."""
+        import openai
+
+        client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=self.settings.api_key,
+            timeout=self.settings.timeout,
+            max_retries=self.settings.max_retries,
+        )
+        try:
+            return [m.id for m in client.models.list()]
+        except openai.OpenAIError as err:
+            raise self._translate(err, "(listing models)") from err
+
+    def _translate(self, err: Exception, model: str) -> FSLMError:
+        import openai
+
+        where = f"{self.base_url} (model {model!r})"
+        if isinstance(err, openai.APITimeoutError):
+            return ServerUnreachableError(
+                f"The server at {where} did not answer within {self.settings.timeout:g}s "
+                f"({self.settings.max_retries} retries)."
+            )
+        if isinstance(err, openai.APIConnectionError):
+            return ServerUnreachableError(
+                f"Cannot reach the server at {where} after {self.settings.max_retries} retries: "
+                f"{err.__cause__ or err}. Is it running?"
+            )
+        if isinstance(err, openai.NotFoundError):
+            return AdapterError(
+                f"The server at {self.base_url} does not serve model {model!r} ({err.message}). Serve each "
+                "stage's adapter under the stage's name (see `fslm export vllm STACK`)."
+            )
+        if isinstance(err, openai.APIStatusError):
+            return RemoteEngineError(f"The server at {where} answered HTTP {err.status_code}: {err.message}")
+        return RemoteEngineError(f"Request to the server at {where} failed: {err}")
+
+    # ----------------------------------------------------------------------------- generation
+    def _messages(self, request: GenerationRequest) -> Any:
+        if self.settings.api == "completions":
+            return f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        messages = [("system", request.system)] if request.system else []
+        return [*messages, ("human", request.prompt)]
+
+    def _one(self, request: GenerationRequest) -> Generation:
+        import openai
+
+        model = self.model_name(request.adapter)
+        fields = _payload(request.config)
+        try:
+            if self.settings.api == "chat":
+                message = self._llm().invoke(self._messages(request), model=model, **fields)
+                text = str(message.content)
+                usage = message.usage_metadata or {}
+                prompt_tokens = usage.get("input_tokens", 0)
+                completion_tokens = usage.get("output_tokens", 0)
+                finish = message.response_metadata.get("finish_reason") or "stop"
+            else:
+                result = self._llm().generate([self._messages(request)], model=model, **fields)
+                gen = result.generations[0][0]
+                text = gen.text
+                usage = (result.llm_output or {}).get("token_usage", {})
+                prompt_tokens = usage.get("prompt_tokens", 0)
+                completion_tokens = usage.get("completion_tokens", 0)
+                finish = (gen.generation_info or {}).get("finish_reason") or "stop"
+        except openai.OpenAIError as err:
+            raise self._translate(err, model) from err
+        text, hit = cut_at_stop(text.lstrip(), request.config.stop)
+        return Generation(
+            text=text,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+            finish_reason="stop" if hit else str(finish),
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Send every request (up to ``max_concurrency`` at once; the server batches them), in order.
+
+        Raises:
+            ServerUnreachableError: If the server cannot be reached or times out after every retry.
+            AdapterError: If the server does not serve a requested model name.
+            RemoteEngineError: For any other HTTP error.
+        """
+        if len(requests) <= 1:
+            return [self._one(r) for r in requests]
+        workers = min(self.settings.max_concurrency, len(requests))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fslm-remote") as pool:
+            return list(pool.map(self._one, requests))
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Yield the completion of one request as the server streams it (stops are cut client-side too)."""
+        import openai
+
+        model = self.model_name(request.adapter)
+        fields = _payload(request.config)
+        emitted, buffer = "", ""
+        try:
+            for chunk in self._llm().stream(self._messages(request), model=model, **fields):
+                piece = chunk if isinstance(chunk, str) else str(chunk.content)
+                buffer = (buffer + piece).lstrip()
+                text, hit = cut_at_stop(buffer, request.config.stop)
+                if text[len(emitted) :]:
+                    yield text[len(emitted) :]
+                    emitted = text
+                if hit:
+                    return
+        except openai.OpenAIError as err:
+            raise self._translate(err, model) from err
+
+
+def remote_engine(remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None) -> RemoteEngine:
+    """An engine from what a caller passed as ``remote=`` (None: read the environment).
+
+    Args:
+        remote: An engine (returned as is), settings, a settings mapping, or a base URL.
+    """
+    if isinstance(remote, RemoteEngine):
+        return remote
+    if isinstance(remote, RemoteSettings):
+        return RemoteEngine(remote)
+    if isinstance(remote, str):
+        return RemoteEngine(RemoteSettings.from_env(base_url=remote))
+    return RemoteEngine(RemoteSettings.from_env(**dict(remote or {})))

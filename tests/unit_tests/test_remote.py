@@ -1,0 +1,214 @@
+"""Remote engine plumbing against a stub OpenAI-compatible server started in the test.
+
+The stub's replies only echo the model name: these tests check request shape, routing of stages to model
+names, retries, timeouts and errors. A real server drives a stack in
+tests/integration_tests/test_llamacpp_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from langchain_fslm import AdapterError, FSLMChain, GenerationConfig, GenerationRequest, StageSpec
+from langchain_fslm.engine.remote import (
+    RemoteEngine,
+    RemoteEngineError,
+    RemoteSettings,
+    ServerUnreachableError,
+)
+from langchain_fslm.manifest import load_manifest
+from tests.stub_openai_server import StubOpenAIServer
+
+BASE = "stub-base"
+
+
+@pytest.fixture()
+def stub():
+    with StubOpenAIServer(models=[BASE, "intent", "answer"]) as server:
+        yield server
+
+
+def specs(adapters: dict[str, str | None]) -> list[StageSpec]:
+    prev = "input"
+    out = []
+    for name, adapter in adapters.items():
+        out.append(
+            StageSpec(
+                name=name,
+                prompt=f"Step {name}. Text: {{{prev}}}",
+                adapter=adapter,
+                system="Be brief." if name == "intent" else None,
+                generation=GenerationConfig(max_new_tokens=7, stop=["\n"], repetition_penalty=1.1),
+            )
+        )
+        prev = name
+    return out
+
+
+def bodies(stub: StubOpenAIServer) -> list[dict]:
+    return [r["body"] for r in stub.requests if r["path"].endswith("completions")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_generate_sends_model_per_adapter_and_generation_settings(stub):
+    engine = RemoteEngine(stub.base_url, model=BASE)
+    config = GenerationConfig(max_new_tokens=9, temperature=0.5, top_p=0.9, stop=["\n"], seed=3)
+    gens = engine.generate(
+        [
+            GenerationRequest(prompt="one two three", adapter="intent", config=config, system="sys"),
+            GenerationRequest(prompt="four five", adapter=None, config=config),
+        ]
+    )
+    assert [g.text for g in gens] == ["intent read 3 words", f"{BASE} read 2 words"]  # cut at the stop
+    assert gens[0].prompt_tokens == 3 and gens[0].completion_tokens == 6
+    assert gens[0].finish_reason == "stop"
+    first, second = sorted(bodies(stub), key=lambda b: b["model"] != "intent")
+    assert first["model"] == "intent" and second["model"] == BASE
+    assert first["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "one two three"},
+    ]
+    assert first["max_tokens"] == 9 and first["temperature"] == 0.5 and first["top_p"] == 0.9
+    assert first["stop"] == ["\n"] and first["seed"] == 3
+    assert first["repetition_penalty"] == 1.0 and first["repeat_penalty"] == 1.0
+
+
+def test_base_model_name_is_discovered_from_the_server(stub):
+    engine = RemoteEngine(stub.base_url)
+    assert engine.served_models() == [BASE, "intent", "answer"]
+    engine.generate([GenerationRequest(prompt="hi")])
+    assert bodies(stub)[0]["model"] == BASE
+
+
+def test_completions_api_sends_the_raw_prompt(stub):
+    engine = RemoteEngine(stub.base_url, model=BASE, api="completions")
+    (gen,) = engine.generate([GenerationRequest(prompt="a b", adapter="answer", system="sys")])
+    body = bodies(stub)[0]
+    assert stub.requests[0]["path"] == "/v1/completions"
+    assert body["model"] == "answer" and body["prompt"] in ("sys\n\na b", ["sys\n\na b"])
+    assert gen.text.startswith("answer read 3 words") and gen.completion_tokens == 6
+
+
+def test_backend_remote_switches_every_stage_and_loads_no_local_model(
+    stub, tiny_engine, tiny_adapters, tmp_path
+):
+    root = tiny_adapters["a"].parent
+    stages = specs({"intent": "a", "middle": None, "answer": "b"})
+    folder = FSLMChain.from_specs(stages, engine=tiny_engine, adapter_root=root).save_pretrained(
+        tmp_path / "stack"
+    )
+    manifest = json.loads((folder / "fslm_stack.json").read_text())
+    manifest["base_model"] = {"source": str(tmp_path / "no-such-model")}  # loading it would fail
+    (folder / "fslm_stack.json").write_text(json.dumps(manifest))
+
+    stack = FSLMChain.from_pretrained(
+        folder, backend="remote", remote={"base_url": stub.base_url, "model": BASE}
+    )
+    out = stack.invoke("hello there")
+    assert [b["model"] for b in bodies(stub)] == ["intent", BASE, "answer"]  # adapter -> stage name
+    assert out == "answer read 7 words"
+    assert bodies(stub)[1]["messages"][-1]["content"] == "Step middle. Text: intent read 5 words"
+
+    saved = stack.save_pretrained(tmp_path / "copy")  # adapters copied from the local folders
+    again = load_manifest(saved)
+    assert [s.backend for s in again.stages] == ["remote"] * 3
+    assert (saved / "adapters" / "intent" / "adapter_model.safetensors").read_bytes() == (
+        tiny_adapters["a"] / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_per_stage_backend_from_the_manifest(stub, tiny_engine, monkeypatch):
+    mixed = specs({"intent": None, "middle": None, "answer": None})
+    mixed[1] = mixed[1].model_copy(update={"backend": "remote"})
+    monkeypatch.setenv("FSLM_REMOTE_BASE_URL", stub.base_url)
+    stack = FSLMChain.from_specs(mixed, engine=tiny_engine)
+    assert [type(s.engine).__name__ for s in stack.stages] == ["LocalEngine", "RemoteEngine", "LocalEngine"]
+    result = stack.invoke("hello")
+    assert [b["model"] for b in bodies(stub)] == [BASE]
+    assert isinstance(result, str)
+    local = FSLMChain.from_specs(mixed, engine=tiny_engine, backend="local")
+    assert {type(s.engine).__name__ for s in local.stages} == {"LocalEngine"}
+
+
+def test_remote_stage_without_a_server_is_a_clear_error(tiny_engine, monkeypatch):
+    monkeypatch.delenv("FSLM_REMOTE_BASE_URL", raising=False)
+    with pytest.raises(RemoteEngineError, match="base_url"):
+        FSLMChain.from_specs(specs({"intent": None}), engine=tiny_engine, backend="remote")
+
+
+def test_batch_is_concurrent_requests_in_order(stub):
+    stack = FSLMChain.from_specs(specs({"intent": None}), backend="remote", remote=stub.base_url)
+    outs = stack.batch(["a", "a b", "a b c"])
+    assert outs == [f"{BASE} read {n} words" for n in (4, 5, 6)]
+    assert len(bodies(stub)) == 3
+
+
+def test_stream_yields_pieces_of_the_last_stage(stub, tiny_adapters):
+    stages = specs({"intent": None, "answer": "c"})
+    root = tiny_adapters["c"].parent
+    stack = FSLMChain.from_specs(stages, backend="remote", remote=stub.base_url, adapter_root=root)
+    pieces = list(stack.stream("x y"))
+    assert len(pieces) > 1 and "".join(pieces) == "answer read 7 words"
+    assert bodies(stub)[-1]["stream"] is True
+
+
+def test_server_errors_are_retried(stub):
+    stub.fail_next = 2
+    engine = RemoteEngine(stub.base_url, model=BASE, max_retries=2)
+    (gen,) = engine.generate([GenerationRequest(prompt="hi")])
+    assert gen.text.startswith(BASE) and len(stub.requests) == 3
+
+
+def test_server_errors_after_retries_name_url_and_status(stub):
+    stub.fail_next = 5
+    engine = RemoteEngine(stub.base_url, model=BASE, max_retries=1)
+    with pytest.raises(RemoteEngineError, match=r"HTTP 500") as err:
+        engine.generate([GenerationRequest(prompt="hi")])
+    assert stub.base_url in str(err.value) and len(stub.requests) == 2
+
+
+def test_timeout_names_url_and_seconds(stub):
+    stub.delay_s = 1.0
+    engine = RemoteEngine(stub.base_url, model=BASE, timeout=0.2, max_retries=0)
+    with pytest.raises(ServerUnreachableError, match=r"did not answer within 0.2s") as err:
+        engine.generate([GenerationRequest(prompt="hi")])
+    assert stub.base_url in str(err.value)
+
+
+def test_unreachable_server_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    engine = RemoteEngine(RemoteSettings(base_url=url, model=BASE, max_retries=0, timeout=2))
+    with pytest.raises(ServerUnreachableError, match="Cannot reach the server") as err:
+        engine.generate([GenerationRequest(prompt="hi")])
+    assert url in str(err.value) and isinstance(err.value, ConnectionError)
+    stack = FSLMChain.from_specs(specs({"intent": None}), backend="remote", remote=engine)
+    with pytest.raises(ServerUnreachableError, match=url):
+        stack.invoke("hi")
+
+
+def test_unserved_adapter_is_an_adapter_error(stub):
+    engine = RemoteEngine(stub.base_url, model=BASE)
+    with pytest.raises(AdapterError, match=r"does not serve model 'draft'.*fslm export vllm"):
+        engine.generate([GenerationRequest(prompt="hi", adapter="draft")])
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="timeout"):
+        RemoteSettings(base_url="http://x/v1", timeout=0)
+    with pytest.raises(ValueError, match="api"):
+        RemoteSettings(base_url="http://x/v1", api="responses")
+
+
+def test_adapter_registration_checks_the_files(tmp_path):
+    engine = RemoteEngine("http://127.0.0.1:1/v1")
+    with pytest.raises(AdapterError, match="adapter_config.json is missing"):
+        engine.load_adapter("intent", tmp_path)
+    assert not engine.has_adapter("intent")
