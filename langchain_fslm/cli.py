@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from langchain_fslm import export_vllm
+
 app = typer.Typer(
     help="Fine-tuned stacks of small language models (FSLM) for LangChain.",
     no_args_is_help=True,
@@ -88,6 +90,9 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
             f"  {i}. {stage.name:<12} type={stage.output_type:<11} adapter={adapter} "
             f"max_new_tokens={stage.generation.max_new_tokens} backend={stage.backend}"
         )
+
+
+app.add_typer(export_vllm.export_app, name="export")
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+import pytest
+from typer.testing import CliRunner
+
+from langchain_fslm import FSLMChain, GenerationConfig, ManifestError, StageSpec
+from langchain_fslm.cli import app
+from langchain_fslm.export_vllm import vllm_plan
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def stack_dir(tiny_engine, tiny_adapters, tmp_path):
+    specs = [
+        StageSpec(
+            name="intent", prompt="R: {input}", adapter="a", generation=GenerationConfig(max_new_tokens=2)
+        ),
+        StageSpec(name="middle", prompt="M: {intent}", generation=GenerationConfig(max_new_tokens=2)),
+        StageSpec(
+            name="answer", prompt="A: {middle}", adapter="b", generation=GenerationConfig(max_new_tokens=2)
+        ),
+    ]
+    stack = FSLMChain.from_specs(specs, engine=tiny_engine, adapter_root=tiny_adapters["a"].parent)
+    return stack.save_pretrained(tmp_path / "my stack")
+
+
+def test_plan_serves_each_adapter_under_its_stage_name(stack_dir, tiny_model_dir):
+    plan = vllm_plan(stack_dir, port=8123)
+    assert plan.base == str(tiny_model_dir)
+    assert plan.base_stages == ["middle"]
+    adapters = stack_dir.resolve() / "adapters"
+    assert plan.command() == [
+        "vllm", "serve", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123",
+        "--enable-lora", "--lora-modules", f"intent={adapters / 'intent'}", f"answer={adapters / 'answer'}",
+        "--max-lora-rank", "8", "--max-loras", "2",
+    ]  # fmt: skip
+    assert [m.rank for m in plan.modules] == [4, 4]  # rank 4 rounds up to vLLM's smallest allowed above 1
+    assert plan.modules[0].target_modules == ["query_key_value"]
+
+
+def test_rank_rounds_up_to_a_vllm_value(stack_dir):
+    config_file = stack_dir / "adapters" / "answer" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["r"] = 20
+    config_file.write_text(json.dumps(config))
+    assert vllm_plan(stack_dir).max_lora_rank == 32
+
+
+def test_cli_prints_and_writes_the_script(stack_dir, tmp_path):
+    script = tmp_path / "serve.sh"
+    result = runner.invoke(app, ["export", "vllm", str(stack_dir), "--port", "9000", "--write", str(script)])
+    assert result.exit_code == 0, result.output
+    text = script.read_text()
+    assert text in result.output
+    assert os.access(script, os.X_OK)
+    assert "# middle" in text and "base model" in text
+    command = shlex.split(text.split("exec ", 1)[1].replace("\\\n", " "))
+    assert command == vllm_plan(stack_dir, port=9000).command()
+
+
+def test_embedded_default_maps_to_its_hub_id_and_gguf_needs_base(stack_dir):
+    path = stack_dir / "fslm_stack.json"
+    manifest = json.loads(path.read_text())
+    manifest["base_model"] = {"source": "embedded:smollm2-135m-instruct"}
+    path.write_text(json.dumps(manifest))
+    assert vllm_plan(stack_dir).base == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    manifest["base_model"] = {"source": "/models/x.Q4_1.gguf"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="GGUF.*--base"):
+        vllm_plan(stack_dir)
+    assert vllm_plan(stack_dir, base="org/model").base == "org/model"
+    result = runner.invoke(app, ["export", "vllm", str(stack_dir)])
+    assert result.exit_code == 2 and "GGUF" in result.output
