@@ -1,7 +1,13 @@
-"""Where text is generated: one interface, a local (transformers + peft) implementation."""
+"""Where text is generated: one interface; local (transformers + peft) and remote (OpenAI-compatible)."""
 
 from langchain_fslm.engine.base import Engine, Generation, GenerationConfig, GenerationRequest
 from langchain_fslm.engine.local import LocalEngine, get_engine
+from langchain_fslm.engine.remote import (
+    RemoteEngine,
+    RemoteEngineError,
+    RemoteSettings,
+    ServerUnreachableError,
+)
 
 __all__ = [
     "Engine",
@@ -9,5 +15,9 @@ __all__ = [
     "GenerationConfig",
     "GenerationRequest",
     "LocalEngine",
+    "RemoteEngine",
+    "RemoteEngineError",
+    "RemoteSettings",
+    "ServerUnreachableError",
     "get_engine",
 ]

@@ -151,6 +151,15 @@ def test_batch_is_concurrent_requests_in_order(stub):
     assert len(bodies(stub)) == 3
 
 
+def test_a_remote_engine_passed_as_engine_serves_adapters_by_stage_name(stub, tiny_adapters):
+    engine = RemoteEngine(stub.base_url, model=BASE)
+    stages = specs({"intent": "a", "answer": "b"})
+    stack = FSLMChain.from_specs(stages, engine=engine, adapter_root=tiny_adapters["a"].parent)
+    assert stack.invoke("q") == "answer read 7 words"
+    assert [b["model"] for b in bodies(stub)] == ["intent", "answer"]
+    assert engine.adapter_paths["intent"] == str(tiny_adapters["a"])
+
+
 def test_stream_yields_pieces_of_the_last_stage(stub, tiny_adapters):
     stages = specs({"intent": None, "answer": "c"})
     root = tiny_adapters["c"].parent
