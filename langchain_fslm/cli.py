@@ -90,6 +90,12 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
         )
 
 
+from langchain_fslm.evaluation import commands as _eval_commands  # noqa: E402
+
+app.command("eval")(_eval_commands.eval_command)
+app.command("compare")(_eval_commands.compare_command)
+
+
 def main() -> None:
     """Entry point."""
     app()
