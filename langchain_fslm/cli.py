@@ -93,6 +93,10 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
 
 
 app.add_typer(export_vllm.export_app, name="export")
+from langchain_fslm.evaluation import commands as _eval_commands  # noqa: E402
+
+app.command("eval")(_eval_commands.eval_command)
+app.command("compare")(_eval_commands.compare_command)
 
 
 def main() -> None:

@@ -1,0 +1,186 @@
+"""The ``fslm eval`` and ``fslm compare`` commands (thin: flags in, library calls, files out).
+
+Light to import: lm-eval, torch and matplotlib load only when a command runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+TASKS_HELP = (
+    "Comma-separated tasks: arc_easy, arc_challenge, mmlu, winogrande, truthfulqa_mc1, hellaswag, gsm8k."
+)
+DEFAULT_EVAL_TASKS = "arc_easy,arc_challenge,mmlu,winogrande,truthfulqa_mc1,hellaswag"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _sample_note(full: bool, seed: int, limit: int | None) -> str:
+    from langchain_fslm.evaluation.tasks import SAMPLE_NOTE, SAMPLE_SIZE
+
+    if full:
+        note = "All staged items of each task (not the official tinyBenchmarks subsets; no IRT weighting)."
+    else:
+        note = SAMPLE_NOTE.format(n=SAMPLE_SIZE, seed=seed)
+    return note + (f" Limited to the first {limit} items of each task." if limit else "")
+
+
+def eval_markdown(results: dict[str, Any]) -> str:
+    """The markdown table of an ``fslm eval`` run, with its caveats."""
+    from langchain_fslm.evaluation.report import markdown_table
+
+    rows = [
+        [
+            name,
+            t["metric"],
+            t["score"],
+            f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}]",
+            t["n"],
+            t["chance"],
+            t["note"],
+        ]
+        for name, t in results["tasks"].items()
+    ]
+    table = markdown_table(["task", "metric", "score", "95% CI (Wilson)", "n", "chance", "note"], rows)
+    return f"# fslm eval: {results['model']['label']}\n\n{results['note']}\n\n{table}"
+
+
+def eval_command(
+    stack: Annotated[
+        Optional[str], typer.Option(help="Stack folder (default: the built-in four-stage stack, zero-shot).")
+    ] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model of the default stack.")] = None,
+    tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = DEFAULT_EVAL_TASKS,
+    limit: Annotated[Optional[int], typer.Option(help="Items per task (first N of the sample).")] = None,
+    full: Annotated[bool, typer.Option(help="Use every staged item instead of the 100-item sample.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the 100-item samples.")] = 1234,
+    scoring: Annotated[
+        str, typer.Option(help="stack: upstream stages run, last stage scores; last_stage: last stage alone.")
+    ] = "stack",
+    upstream_max_new_tokens: Annotated[
+        Optional[int], typer.Option(help="Cap the upstream stages' generation budgets (faster).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 8,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("eval-results"),
+) -> None:
+    """Score a stack on the local benchmark suite; write results.json, results.md and results.png."""
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.evaluation.lm_eval_model import FSLMLM
+    from langchain_fslm.evaluation.report import Bar, write_outputs
+    from langchain_fslm.evaluation.runner import evaluate
+    from langchain_fslm.models import ModelNotFoundError
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        lm = FSLMLM(
+            stack=stack,
+            base=base,
+            scoring=scoring,
+            batch_size=batch_size,
+            upstream_max_new_tokens=upstream_max_new_tokens,
+        )
+        results = evaluate(lm, names, limit=limit, full=full, seed=seed)
+    except (FSLMError, ModelNotFoundError) as err:
+        raise _fail(str(err)) from None
+    label = f"{Path(stack).name if stack else 'fslm-default (zero-shot)'} [{scoring}]"
+    results = {
+        "kind": "fslm-eval",
+        "model": {"label": label, "stack": stack, "base": base, "scoring": scoring},
+        "note": _sample_note(full, seed, limit),
+        "settings": {"tasks": names, "limit": limit, "full": full, "seed": seed, "batch_size": batch_size},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **results,
+    }
+    bars = [
+        Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"]) for name, t in results["tasks"].items()
+    ]
+    title = f"{label}: accuracy, 95% CI (seeded samples, not official tinyBenchmarks)"
+    paths = write_outputs(out, results=results, markdown=eval_markdown(results), bars=bars, title=title)
+    typer.echo(eval_markdown(results))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def compare_markdown(results: dict[str, Any]) -> str:
+    """The markdown table of an ``fslm compare`` run, with its caveats."""
+    from langchain_fslm.evaluation.report import markdown_table
+
+    rows = [
+        [
+            m["label"],
+            m["score"],
+            f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
+            m["n"],
+            m["latency_p50_s"],
+            m["latency_p95_s"],
+            m["tokens_in"],
+            m["tokens_out"],
+            m["peak_rss_mib"],
+        ]
+        for m in results["models"]
+    ]
+    columns = ["model", "score", "95% CI", "n", "p50 s", "p95 s", "tokens in", "tokens out", "peak RSS MiB"]
+    return (
+        f"# fslm compare on {results['task']}\n\n{results['note']} Chain: {results['chain']}.\n\n"
+        + markdown_table(columns, rows)
+    )
+
+
+def compare_command(
+    models: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model spec (repeat): default, base, hf:SRC, stack:DIR, a folder, openai:MODEL, module:attr",
+        ),
+    ],
+    task: Annotated[str, typer.Option(help="Dataset from the local suite.")] = "arc_easy",
+    limit: Annotated[Optional[int], typer.Option(help="Items (first N of the sample).")] = 20,
+    full: Annotated[bool, typer.Option(help="Use every staged item.")] = False,
+    seed: Annotated[int, typer.Option(help="Sample seed.")] = 1234,
+    chain: Annotated[
+        Optional[str],
+        typer.Option(help="Your chain factory module:attr (model -> Runnable); default QA prompt."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer budget of local models.")] = 64,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("compare-results"),
+) -> None:
+    """Run one chain with several models swapped in; write results.json, results.md and results.png."""
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.evaluation.compare import compare, load_chain_factory
+    from langchain_fslm.evaluation.report import Bar, write_outputs
+    from langchain_fslm.evaluation.tasks import load_task, task_spec
+    from langchain_fslm.models import ModelNotFoundError
+
+    try:
+        factory = load_chain_factory(chain) if chain else None
+        items = load_task(task, full=full, limit=limit, seed=seed)
+        models_out = compare(models, items, chain_factory=factory, max_new_tokens=max_new_tokens)
+    except (FSLMError, ModelNotFoundError) as err:
+        raise _fail(str(err)) from None
+    results = {
+        "kind": "fslm-compare",
+        "task": task,
+        "chain": chain or "ChatPromptTemplate(QA prompt) | model | StrOutputParser()",
+        "note": _sample_note(full, seed, limit),
+        "settings": {"limit": limit, "full": full, "seed": seed, "max_new_tokens": max_new_tokens},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "models": models_out,
+    }
+    chance = task_spec(task).chance if task_spec(task).kind == "multiple_choice" else None
+    bars = [Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance) for m in models_out]
+    title = f"{task}: accuracy of the same chain per model, 95% CI (seeded sample)"
+    markdown = compare_markdown(results)
+    paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
+    typer.echo(markdown)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+__all__ = ["compare_command", "compare_markdown", "eval_command", "eval_markdown"]

@@ -1,0 +1,183 @@
+"""lm-eval model type ``fslm``: an FSLM stack behind lm-eval's ``LM`` API.
+
+Importing this module registers it, so after ``import langchain_fslm.evaluation``::
+
+    lm_eval.simple_evaluate(model="fslm", model_args="stack=runs/fslm-stack,scoring=stack", tasks=[...])
+
+and on the command line ``python -m langchain_fslm.evaluation --model fslm --model_args stack=DIR ...``
+(the stock ``lm_eval`` command cannot import third-party models, so this wrapper imports us first).
+
+How a multi-stage stack answers a log-likelihood question (``scoring``):
+
+* ``stack`` (default): the upstream stages run on the question (the request's context) exactly as in
+  normal use, greedy, each distinct context once; then the last stage's prompt is filled with the question
+  and their handoffs, rendered through the chat template, and the last stage (its adapter) scores each
+  continuation as its reply. The choice with the highest log-likelihood wins.
+* ``last_stage``: the last stage's adapter alone scores ``context + continuation`` as raw text, the
+  standard lm-eval way, with no upstream stage and no template. The difference between the two measures
+  what the upstream stages (and the stage prompt) add.
+
+``generate_until`` always runs the whole stack (upstream stages, then the last stage with the request's
+stop sequences and token budget). ``loglikelihood_rolling`` scores the text with the last stage's adapter
+(truncated to the context window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from langchain_fslm.errors import FSLMError
+
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
+
+    from langchain_fslm.chain import FSLMChain
+    from langchain_fslm.engine.local import LocalEngine
+
+Scoring = Literal["stack", "last_stage"]
+SCORINGS: tuple[str, ...] = ("stack", "last_stage")
+
+
+def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
+    """A stack from a folder, else the default zero-shot four-stage stack on ``base``."""
+    from langchain_fslm.chain import FSLMChain
+
+    if stack:
+        return FSLMChain.from_pretrained(stack)
+    return FSLMChain.default(base)
+
+
+@register_model("fslm")
+class FSLMLM(LM):  # type: ignore[misc]
+    """An FSLM stack as an lm-eval language model.
+
+    Args:
+        stack: A stack folder, or an :class:`~langchain_fslm.chain.FSLMChain` object. Default: the
+            zero-shot four-stage stack on ``base``.
+        base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct).
+        scoring: ``stack`` or ``last_stage`` (see the module docs).
+        batch_size: Rows per forward pass when scoring.
+        max_gen_toks: Upper bound on the token budget of ``generate_until`` (requests may ask for less).
+        upstream_max_new_tokens: Cap the upstream stages' generation budgets (faster, CPU-friendly runs).
+    """
+
+    def __init__(
+        self,
+        stack: str | FSLMChain | None = None,
+        base: str | None = None,
+        scoring: str = "stack",
+        batch_size: int | str = 8,
+        max_gen_toks: int = 256,
+        upstream_max_new_tokens: int | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if scoring not in SCORINGS:
+            raise FSLMError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        if isinstance(stack, str) or stack is None:
+            stack = load_stack(stack, base)
+        if upstream_max_new_tokens:
+            for upstream in stack.stages[:-1]:
+                stack = stack.with_generation(upstream.name, max_new_tokens=int(upstream_max_new_tokens))
+        self.chain: FSLMChain = stack
+        self.scoring = scoring
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        self.max_gen_toks = int(max_gen_toks)
+        last = self.chain.stages[-1]
+        self.engine: LocalEngine = last.engine
+        if not hasattr(self.engine, "loglikelihood"):
+            raise FSLMError(
+                "Log-likelihood scoring needs a local engine (transformers); this stack has none."
+            )
+        self._handoff_cache: dict[str, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def tokenizer_name(self) -> str:
+        """Name lm-eval uses to key its request cache."""
+        return str(getattr(self.engine.tokenizer, "name_or_path", "fslm")).replace("/", "__")
+
+    def upstream_states(self, contexts: Sequence[str]) -> list[dict[str, Any]]:
+        """Run every stage but the last on each distinct context (batched, cached), return the states."""
+        from langchain_fslm.chain import _initial_state
+
+        todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
+        upstream = self.chain.steps[:-1]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            states = [_initial_state(c) for c in chunk]
+            for step in upstream:
+                states = step.batch(states)
+            for context, state in zip(chunk, states, strict=True):
+                self._handoff_cache[context] = state
+        return [self._handoff_cache[c] for c in contexts]
+
+    def last_stage_context(self, context: str) -> str:
+        """The text the last stage conditions on under ``scoring="stack"`` (chat template applied)."""
+        last = self.chain.stages[-1]
+        state = self.upstream_states([context])[0]
+        fields = {k: v for k, v in state.items() if not k.startswith("_")}
+        return self.engine.render(last.render(fields), last.system)
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Log-likelihood and greediness of each ``(context, continuation)`` under :attr:`scoring`."""
+        adapter = self.chain.stages[-1].adapter
+        if self.scoring == "stack":
+            self.upstream_states([c for c, _ in pairs])
+            pairs = [(self.last_stage_context(c), cont.lstrip()) for c, cont in pairs]
+        scored = self.engine.loglikelihood(pairs, adapter=adapter, batch_size=self.batch_size)
+        return [(lp, greedy) for lp, greedy, _ in scored]
+
+    # ----------------------------------------------------------------------------- the LM API
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Log-probability of each request's continuation given its context (see ``scoring``)."""
+        pairs = [(str(r.args[0]), str(r.args[1])) for r in requests]
+        out: list[tuple[float, bool]] = []
+        step = max(self.batch_size * 4, 1)
+        for start in tqdm(range(0, len(pairs), step), disable=disable_tqdm, desc="fslm loglikelihood"):
+            out.extend(self.score(pairs[start : start + step]))
+        return out
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        """Log-probability of each whole text under the last stage's adapter (context window truncated)."""
+        tokenizer = self.engine.tokenizer
+        start = tokenizer.bos_token or tokenizer.eos_token or "\n"
+        pairs = [(start, str(r.args[0])) for r in requests]
+        adapter = self.chain.stages[-1].adapter
+        scored = self.engine.loglikelihood(pairs, adapter=adapter, batch_size=self.batch_size)
+        return [lp for lp, _, _ in scored]
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Run the whole stack on each context; the last stage stops at the request's ``until``.
+
+        Requests with the same generation settings run as one batch (each stage batched).
+        """
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(repr(sorted((request.args[1] or {}).items())), []).append(i)
+        outputs = [""] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="fslm generate")
+        for indices in groups.values():
+            gen_kwargs = dict(requests[indices[0]].args[1] or {})
+            until = gen_kwargs.get("until") or []
+            chain = self.chain.with_generation(
+                max_new_tokens=min(int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)), self.max_gen_toks),
+                stop=[until] if isinstance(until, str) else list(until),
+                temperature=float(gen_kwargs.get("temperature", 0.0)),
+            )
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                answers = chain.batch([str(requests[i].args[0]) for i in chunk])
+                for i, answer in zip(chunk, answers, strict=True):
+                    outputs[i] = str(answer)
+                bar.update(len(chunk))
+        bar.close()
+        return outputs
+
+
+__all__ = ["SCORINGS", "FSLMLM", "load_stack"]

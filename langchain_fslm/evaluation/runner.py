@@ -1,0 +1,161 @@
+"""Score any lm-eval ``LM`` on the local task suite: one pass of requests per task, then accuracy + CI."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_fslm.evaluation.tasks import DEFAULT_SEED, Item, extract_number, load_task, task_spec
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default); ``(0, 0)`` for ``n == 0``."""
+    if n == 0:
+        return 0.0, 0.0
+    if correct == 0:
+        return 0.0, z * z / (n + z * z)
+    if correct == n:
+        return n / (n + z * z), 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _instances(items: Sequence[Item]) -> tuple[list[Any], list[tuple[int, int]]]:
+    from lm_eval.api.instance import Instance
+
+    instances: list[Any] = []
+    owners: list[tuple[int, int]] = []
+    for i, item in enumerate(items):
+        if item.is_generation:
+            gen_kwargs = {"until": list(item.until), "max_gen_toks": 256, "do_sample": False}
+            instances.append(Instance("generate_until", {}, (item.prompt, gen_kwargs), len(instances)))
+            owners.append((i, 0))
+        else:
+            for j, (context, continuation) in enumerate(item.requests):
+                instances.append(Instance("loglikelihood", {}, (context, continuation), len(instances)))
+                owners.append((i, j))
+    return instances, owners
+
+
+def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Ask ``lm`` (an lm-eval ``LM``) for every item's requests and mark each item right or wrong.
+
+    Multiple-choice items: ``pred`` is the choice of highest log-likelihood (``acc``), ``pred_norm`` of
+    highest log-likelihood per byte of the continuation (``acc_norm``), as lm-eval computes them.
+    Generation items: the final number of the output must equal the target (``exact_match``).
+
+    Returns:
+        One record per item.
+    """
+    instances, owners = _instances(items)
+    mc = [k for k, inst in enumerate(instances) if inst.request_type == "loglikelihood"]
+    gen = [k for k, inst in enumerate(instances) if inst.request_type == "generate_until"]
+    responses: dict[int, Any] = {}
+    if mc:
+        for k, resp in zip(mc, lm.loglikelihood([instances[k] for k in mc]), strict=True):
+            responses[k] = resp
+    if gen:
+        for k, resp in zip(gen, lm.generate_until([instances[k] for k in gen]), strict=True):
+            responses[k] = resp
+    per_item: dict[int, dict[int, Any]] = {}
+    for k, (i, j) in enumerate(owners):
+        per_item.setdefault(i, {})[j] = responses[k]
+    records: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        got = per_item[i]
+        if item.is_generation:
+            output = str(got[0])
+            answer = extract_number(output)
+            records.append(
+                {
+                    "index": item.index,
+                    "gold": item.gold,
+                    "pred": answer,
+                    "correct": answer == item.gold,
+                    "output": output,
+                }
+            )
+            continue
+        lls = [float(got[j][0]) for j in range(len(item.choices))]
+        norms = [
+            ll / max(1, len(cont.encode("utf-8"))) for ll, (_, cont) in zip(lls, item.requests, strict=True)
+        ]
+        pred, pred_norm = lls.index(max(lls)), norms.index(max(norms))
+        records.append(
+            {
+                "index": item.index,
+                "gold": item.gold,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "correct": pred == item.gold,
+                "correct_norm": pred_norm == item.gold,
+                "loglikelihoods": [round(x, 4) for x in lls],
+            }
+        )
+    return records
+
+
+def summarise(task: str, records: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Accuracy (headline metric), its 95% Wilson interval, and the other metrics of one task."""
+    spec = task_spec(task)
+    n = len(records)
+    acc = sum(r["correct"] for r in records)
+    metrics: dict[str, Any] = {
+        "acc" if spec.kind == "multiple_choice" else "exact_match": acc / n if n else 0.0
+    }
+    if spec.kind == "multiple_choice":
+        metrics["acc_norm"] = sum(r["correct_norm"] for r in records) / n if n else 0.0
+    hits = acc if spec.metric in ("acc", "exact_match") else sum(r["correct_norm"] for r in records)
+    low, high = wilson_interval(hits, n)
+    return {
+        "metric": spec.metric,
+        "score": hits / n if n else 0.0,
+        "ci95": [low, high],
+        "n": n,
+        "chance": spec.chance,
+        "seconds": round(seconds, 2),
+        "note": spec.note,
+        **metrics,
+    }
+
+
+def evaluate(
+    lm: Any,
+    tasks: Sequence[str],
+    *,
+    limit: int | None = None,
+    full: bool = False,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, Any]:
+    """Score an lm-eval ``LM`` on tasks of the local suite.
+
+    Args:
+        lm: Any ``lm_eval.api.model.LM`` (e.g. :class:`~langchain_fslm.evaluation.lm_eval_model.FSLMLM`).
+        tasks: Task names.
+        limit: Items per task (the first ``limit`` of the seeded sample).
+        full: Use every item instead of the 100-item sample.
+        seed: Sample seed.
+
+    Returns:
+        ``{"tasks": {name: summary}, "items": {name: records}}``.
+    """
+    for name in tasks:
+        task_spec(name)  # fail on a bad name before any model work
+    summaries, items = {}, {}
+    for name in tasks:
+        chosen = load_task(name, full=full, limit=limit, seed=seed)
+        start = time.perf_counter()
+        records = score_items(lm, chosen)
+        summaries[name] = summarise(name, records, time.perf_counter() - start)
+        items[name] = records
+    return {"tasks": summaries, "items": items}
+
+
+__all__ = ["evaluate", "score_items", "summarise", "wilson_interval"]

@@ -1,0 +1,286 @@
+"""Evaluation: lm-eval adapters, the local task suite, `fslm eval` and `fslm compare`, on tiny models."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from lm_eval.api.instance import Instance
+from typer.testing import CliRunner
+
+from langchain_fslm import FSLMChain
+from langchain_fslm.cli import app
+from langchain_fslm.evaluation import FSLMLM, LangChainLM, evaluate, load_task, wilson_interval
+from langchain_fslm.evaluation.compare import UsageCounter, parse_choice, percentile
+from langchain_fslm.evaluation.specs import ModelSpecError, resolve_spec
+from langchain_fslm.evaluation.tasks import TASKS, TaskError, extract_number
+from langchain_fslm.roles import default_stage_specs
+
+runner = CliRunner()
+
+
+def ll_request(context: str, continuation: str, idx: int = 0) -> Instance:
+    return Instance("loglikelihood", {}, (context, continuation), idx)
+
+
+@pytest.fixture(scope="module")
+def tiny_stack_dir(tiny_engine, tiny_adapters, tmp_path_factory):
+    """A saved four-stage tiny stack whose stages carry LoRA adapters a, b, c, d."""
+    specs = default_stage_specs(4)
+    for spec, name in zip(specs, "abcd", strict=True):
+        spec.adapter = str(tiny_adapters[name])
+    chain = FSLMChain.from_specs(specs, engine=tiny_engine)
+    return chain.save_pretrained(tmp_path_factory.mktemp("eval") / "tiny-stack")
+
+
+def direct_loglikelihood(model_dir, adapter_dir, context: str, continuation: str) -> tuple[float, bool]:
+    """Independent computation: a fresh model (+ adapter), one forward pass, sum of log-softmax."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    assert whole[: len(ctx)] == ctx
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    cont = whole[len(ctx) :]
+    positions = range(len(ctx) - 1, len(whole) - 1)
+    total = sum(float(logprobs[p, t]) for p, t in zip(positions, cont, strict=True))
+    greedy = all(int(logprobs[p].argmax()) == t for p, t in zip(positions, cont, strict=True))
+    return total, greedy
+
+
+# ----------------------------------------------------------------------------- lm-eval model "fslm"
+def test_fslm_loglikelihood_equals_direct_computation(tiny_model_dir, tiny_adapters, tiny_stack_dir):
+    lm = FSLMLM(stack=str(tiny_stack_dir), scoring="last_stage", batch_size=2)
+    pairs = [
+        ("Question: What is the capital of France?\nAnswer:", " Paris"),
+        ("Question: Which gas do plants take in?\nAnswer:", " carbon dioxide from the air"),
+        ("The cat sat on the", " mat."),
+    ]
+    got = lm.loglikelihood([ll_request(c, x, i) for i, (c, x) in enumerate(pairs)], disable_tqdm=True)
+    for (context, continuation), (ll, greedy) in zip(pairs, got, strict=True):
+        want, want_greedy = direct_loglikelihood(tiny_model_dir, tiny_adapters["d"], context, continuation)
+        assert ll == pytest.approx(want, abs=1e-3)
+        assert greedy == want_greedy
+        assert ll < 0
+    # the adapter matters: the bare base model scores differently
+    bare = direct_loglikelihood(tiny_model_dir, None, *pairs[0])[0]
+    assert got[0][0] != pytest.approx(bare, abs=1e-3)
+
+
+def test_fslm_greedy_flag_is_true_for_the_argmax_continuation(tiny_engine):
+    chain = FSLMChain.from_specs(default_stage_specs(3), engine=tiny_engine)
+    lm = FSLMLM(stack=chain, scoring="last_stage")
+    context = "Once upon a time"
+    encoded = tiny_engine.tokenizer(context, return_tensors="pt")
+    logits = tiny_engine.model(**encoded, **tiny_engine._adapter_kwargs([None])).logits  # bare base model
+    greedy_text = tiny_engine.tokenizer.decode(logits[0, -1].argmax())
+    [(ll_greedy, flag)] = lm.loglikelihood([ll_request(context, greedy_text)], disable_tqdm=True)
+    assert flag is True and ll_greedy <= 0
+
+
+def test_stack_scoring_conditions_the_last_stage_on_the_handoffs(tiny_engine, tiny_stack_dir):
+    lm = FSLMLM(stack=str(tiny_stack_dir), scoring="stack", batch_size=4)
+    context, continuation = "Question: Why is the sky blue?\nAnswer:", " Rayleigh scattering"
+    [(ll, _)] = lm.loglikelihood([ll_request(context, continuation)], disable_tqdm=True)
+    state = lm.upstream_states([context])[0]
+    assert [r.stage for r in state["_results"]] == ["intent", "key_points", "draft"]
+    scored_context = lm.last_stage_context(context)
+    assert context in scored_context and str(state["draft"]) in scored_context
+    last = lm.chain.stages[-1]
+    [(want, _, _)] = tiny_engine.loglikelihood(
+        [(scored_context, continuation.lstrip())], adapter=last.adapter
+    )
+    assert ll == pytest.approx(want, abs=1e-5)
+    # last_stage scoring of the same request differs: the upstream stages change the answer's odds
+    lm_last = FSLMLM(stack=lm.chain, scoring="last_stage")
+    assert lm_last.loglikelihood([ll_request(context, continuation)], disable_tqdm=True)[0][
+        0
+    ] != pytest.approx(ll)
+
+
+def test_fslm_generate_until_runs_the_stack_and_rolling_scores(tiny_stack_dir):
+    lm = FSLMLM(stack=str(tiny_stack_dir))
+    request = Instance(
+        "generate_until", {}, ("Question: 2 + 2?\nAnswer:", {"until": ["\n"], "max_gen_toks": 5}), 0
+    )
+    [text] = lm.generate_until([request, request][:1], disable_tqdm=True)
+    assert isinstance(text, str) and "\n" not in text
+    [rolling] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("Some text here.",), 0)])
+    assert rolling < 0
+
+
+def test_fslm_rejects_a_bad_scoring_mode(tiny_engine):
+    chain = FSLMChain.from_specs(default_stage_specs(3), engine=tiny_engine)
+    with pytest.raises(Exception, match="scoring must be one of"):
+        FSLMLM(stack=chain, scoring="middle")
+
+
+def test_simple_evaluate_accepts_model_fslm(tiny_stack_dir, tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from langchain_fslm.evaluation.lm_eval_tasks import write_lm_eval_tasks
+
+    folder = write_lm_eval_tasks(tmp_path / "tasks", ["arc_easy"], limit=3)
+    results = simple_evaluate(
+        model="fslm",
+        model_args=f"stack={tiny_stack_dir},scoring=last_stage",
+        tasks=["fslm_arc_easy"],
+        task_manager=TaskManager(include_path=str(folder)),
+    )
+    metrics = results["results"]["fslm_arc_easy"]
+    assert 0.0 <= metrics["acc,none"] <= 1.0
+    assert len(results["samples"]["fslm_arc_easy"]) == 3 if "samples" in results else True
+
+
+# ----------------------------------------------------------------------------- lm-eval model "langchain"
+def test_langchain_model_generates_and_cuts_at_until():
+    from langchain_core.language_models import FakeListChatModel  # plumbing only
+
+    lm = LangChainLM(model=FakeListChatModel(responses=["42\n\nQuestion: next", "7"]))
+    requests = [
+        Instance("generate_until", {}, (f"Q{i}", {"until": ["Question:", "\n\n"]}), i) for i in range(2)
+    ]
+    assert lm.generate_until(requests, disable_tqdm=True) == ["42", "7"]
+    with pytest.raises(NotImplementedError, match="only generates"):
+        lm.loglikelihood([ll_request("a", "b")])
+
+
+# ----------------------------------------------------------------------------- the task suite
+def test_every_task_loads_offline_as_a_seeded_sample():
+    for name, spec in TASKS.items():
+        items = load_task(name)
+        assert len(items) == 100, name
+        assert load_task(name) == items  # same seed, same items
+        assert load_task(name, seed=7) != items or name == "hellaswag"  # hellaswag has only 100 items
+        for item in items[:5]:
+            if spec.kind == "multiple_choice":
+                assert len(item.requests) == len(item.choices) >= 2
+                assert 0 <= item.gold < len(item.choices)
+            else:
+                assert item.prompt and str(item.gold)
+    assert len(load_task("arc_easy", full=True)) == 2376
+    assert len(load_task("mmlu", limit=7)) == 7
+
+
+def test_truthfulqa_gold_is_not_always_first():
+    golds = Counter(item.gold for item in load_task("truthfulqa_mc1", full=True))
+    assert golds[0] < 0.5 * sum(golds.values())
+    assert len(golds) >= 4
+
+
+def test_bad_task_and_limit_are_clear_errors():
+    with pytest.raises(TaskError, match="Unknown task 'arc'.*arc_easy"):
+        load_task("arc")
+    with pytest.raises(TaskError, match="limit must be at least 1"):
+        load_task("arc_easy", limit=0)
+
+
+def test_helpers():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+    assert extract_number("so 3 + 4 = 7. The answer is 1,234.") == "1234"
+    assert extract_number("It costs $18.00 in the end") == "18.00" or extract_number("18.0") == "18"
+    assert parse_choice("B. because", ["x", "y", "z"]) == 1
+    assert parse_choice("it is the mat", ["the mat", "the hat"]) == 0
+    assert parse_choice("no idea", ["x", "y"]) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([], 95) is None
+
+
+# ----------------------------------------------------------------------------- runner and CLIs
+def test_evaluate_scores_items_and_cli_writes_outputs(tiny_stack_dir, tmp_path):
+    lm = FSLMLM(stack=str(tiny_stack_dir), scoring="last_stage", max_gen_toks=8)
+    results = evaluate(lm, ["winogrande", "gsm8k"], limit=2)
+    assert results["tasks"]["winogrande"]["n"] == 2 and len(results["items"]["gsm8k"]) == 2
+    assert set(results["items"]["winogrande"][0]) >= {"pred", "gold", "correct", "loglikelihoods"}
+
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--stack",
+            str(tiny_stack_dir),
+            "--tasks",
+            "arc_easy,hellaswag",
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["tasks"]["arc_easy"]["n"] == 3 and data["model"]["scoring"] == "stack"
+    assert "NOT the official tinyBenchmarks" in data["note"]
+    assert "NOT the official tinyBenchmarks" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["eval", "--stack", str(tiny_stack_dir), "--tasks", "nope", "--out", str(out)])
+    assert bad.exit_code == 2 and "Unknown task" in bad.output
+
+
+def test_compare_runs_two_models_and_writes_outputs(tiny_model_dir, tiny_stack_dir, tmp_path):
+    out = tmp_path / "compare"
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            "-m",
+            f"stack:{tiny_stack_dir}",
+            "-m",
+            f"hf:{tiny_model_dir}",
+            "--task",
+            "arc_easy",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert [m["spec"] for m in data["models"]] == [f"stack:{tiny_stack_dir}", f"hf:{tiny_model_dir}"]
+    for model in data["models"]:
+        assert model["n"] == 3 and len(model["items"]) == 3
+        assert model["latency_p50_s"] > 0 and model["latency_p95_s"] >= model["latency_p50_s"]
+        assert model["tokens_in"] > 0 and model["tokens_out"] > 0
+        assert model["peak_rss_mib"] > 0
+    stack_in = data["models"][0]["tokens_in"]
+    assert stack_in > data["models"][1]["tokens_in"]  # four stages read more than one prompt
+    assert "tiny-stack" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_model_specs_are_clear_errors(tmp_path):
+    with pytest.raises(ModelSpecError, match="Unknown model spec"):
+        resolve_spec("nonsense")
+    with pytest.raises(ModelSpecError, match="Stack folder not found"):
+        resolve_spec(f"stack:{tmp_path / 'missing'}")
+    with pytest.raises(ModelSpecError, match="cannot import module"):
+        resolve_spec("no_such_module_xyz:model")
+
+
+def test_usage_counter_reads_chat_usage_metadata():
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
+
+    counter = UsageCounter()
+    message = AIMessage("hi", usage_metadata={"input_tokens": 11, "output_tokens": 3, "total_tokens": 14})
+    from uuid import uuid4
+
+    counter.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]), run_id=uuid4())
+    assert (counter.input_tokens, counter.output_tokens) == (11, 3)
