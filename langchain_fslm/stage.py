@@ -19,7 +19,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.base import Engine, GenerationConfig, GenerationRequest
-from langchain_fslm.errors import InvalidInputError, StageOutputError
+from langchain_fslm.errors import InvalidInputError, PromptTooLongError, StageOutputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutput, StageOutputParser, output_type_by_name
 
@@ -196,7 +196,10 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
         for attempt in range(self.parse_retries + 1):
             if not pending:
                 break
-            generations = engine.generate([self.request(prompts[i], attempt) for i in pending])
+            try:
+                generations = engine.generate([self.request(prompts[i], attempt) for i in pending])
+            except PromptTooLongError as err:
+                raise PromptTooLongError(f"Stage {self.name!r}: {err}") from err
             failed = []
             for i, gen in zip(pending, generations, strict=True):
                 raws[i] = gen.text
@@ -251,7 +254,11 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
 
     def stream_text(self, state: StageInput) -> Iterator[str]:
         """Yield the stage's raw text as it is generated (no retries: streamed text is final)."""
-        yield from self._require_engine().stream(self.request(self.render(state)))
+        engine = self._require_engine()
+        try:
+            yield from engine.stream(self.request(self.render(state)))
+        except PromptTooLongError as err:
+            raise PromptTooLongError(f"Stage {self.name!r}: {err}") from err
 
     # ----------------------------------------------------------------------------- Runnable API
     def invoke(self, input: StageInput, config: RunnableConfig | None = None, **kwargs: Any) -> StageResult:
