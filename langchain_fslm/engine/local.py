@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_fslm.engine.adapter_check import check_adapter
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
 from langchain_fslm.engine.batcher import MicroBatcher
 from langchain_fslm.errors import AdapterError, PromptTooLongError, PromptTruncatedWarning
@@ -153,14 +154,16 @@ class LocalEngine:
         from peft import PeftModel
 
         path = Path(path)
-        for required in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (path / required).is_file():
-                raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
         with self.lock:
             if self.has_adapter(name):
                 if self.adapter_paths.get(name) == str(path):
                     return
                 self.model.delete_adapter(name)
+            base = self.model.get_base_model() if self.is_peft else self.model
+            try:
+                check_adapter(path, base)
+            except AdapterError as err:
+                raise AdapterError(f"Adapter {name!r}: {err}") from None
             try:
                 if self.is_peft:
                     self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -169,6 +172,8 @@ class LocalEngine:
                         self.model, str(path), adapter_name=name, is_trainable=False
                     )
             except Exception as err:  # peft raises many types; name the file, keep the cause
+                if self.has_adapter(name):  # never keep a half-loaded adapter under that name
+                    self.model.delete_adapter(name)
                 raise AdapterError(
                     f"Adapter {name!r} at {path} could not be loaded on this base model: {err}"
                 ) from err
@@ -251,7 +256,7 @@ class LocalEngine:
 
         Args:
             request: The request; ``request.config.on_too_long`` is ``"raise"`` (default) or
-                ``"truncate_left"`` (drop the oldest prompt tokens, warn with :class:`PromptTruncatedWarning`).
+                ``"truncate_left"`` (drop the oldest prompt tokens, warn: :class:`PromptTruncatedWarning`).
 
         Returns:
             The exact text the model will see.
