@@ -42,7 +42,10 @@ def test_mixed_adapter_batch_equals_per_row(adapted):
 def test_batcher_merges_waiting_callers_into_one_generate(adapted):
     engine, names = adapted
     config = GenerationConfig(max_new_tokens=6)
-    requests = [GenerationRequest(prompt=p, adapter=names["abcd"[i % 4]], config=config) for i, p in enumerate(PROMPTS)]
+    requests = [
+        GenerationRequest(prompt=p, adapter=names["abcd"[i % 4]], config=config)
+        for i, p in enumerate(PROMPTS)
+    ]
     direct = [engine.generate([r])[0].text for r in requests]
     assert engine.batcher is not None
     results: dict[int, str] = {}

@@ -25,7 +25,9 @@ from langchain_fslm import (
 )
 from langchain_fslm.roles import default_stage_specs
 
-PROMPTS = [f"Question {i}: name {w}." for i, w in enumerate("a fruit|a colour|a city|a tool|a song".split("|") * 5)]
+PROMPTS = [
+    f"Question {i}: name {w}." for i, w in enumerate("a fruit|a colour|a city|a tool|a song".split("|") * 5)
+]
 assert len(PROMPTS) == 25
 
 
@@ -90,7 +92,7 @@ def test_corrupted_adapter_file_is_refused(saved_stack, tmp_path, tiny_engine):
     folder = copy_stack(saved_stack, tmp_path)
     weights = folder / "adapters/draft/adapter_model.safetensors"
     weights.write_bytes(b"\x00garbage" * 64)
-    with pytest.raises(AdapterError, match=r"adapters/draft/adapter_model.safetensors.*not a readable safetensors"):
+    with pytest.raises(AdapterError, match=r"draft/adapter_model.safetensors.*not a readable safetensors"):
         load(folder, tiny_engine)
 
 
@@ -122,10 +124,10 @@ def test_wrong_adapter_config_field_is_refused(saved_stack, tmp_path, tiny_engin
 
 
 def test_adapter_from_another_base_is_refused_and_leaves_no_trace(tiny_engine, tmp_path):
-    from tests.conftest import build_tiny_adapter, build_tiny_model
-
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tests.conftest import build_tiny_adapter
 
     other_dir = tmp_path / "wider"
     config = GPTNeoXConfig(
@@ -134,8 +136,7 @@ def test_adapter_from_another_base_is_refused_and_leaves_no_trace(tiny_engine, t
     torch.manual_seed(0)
     GPTNeoXForCausalLM(config).save_pretrained(other_dir)
     adapter = build_tiny_adapter(other_dir, tmp_path / "foreign", seed=3)
-    assert build_tiny_model  # same helpers as every other adapter test
-    with pytest.raises(AdapterError, match=r"adapter_model.safetensors: tensor .*query_key_value.*in_features=32"):
+    with pytest.raises(AdapterError, match=r"safetensors: tensor .*query_key_value.*in_features=32"):
         tiny_engine.load_adapter("foreign", adapter)
     assert not tiny_engine.has_adapter("foreign")
 
@@ -155,7 +156,7 @@ def test_manifest_missing_or_wrong_field_names_it(saved_stack, tmp_path, tiny_en
     data["stages"][2]["generation"]["max_new_tokens"] = 5
     data["format_version"] = 2
     path.write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match=r"fslm_stack.json: format_version: .*unsupported stack format version 2"):
+    with pytest.raises(ManifestError, match=r"fslm_stack.json: format_version: .*unsupported .* version 2"):
         load(folder, tiny_engine)
     path.write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
@@ -264,7 +265,11 @@ def test_streamed_stage_that_does_not_parse_names_the_stage():
 
 def test_streamed_stage_pass_raw_hands_the_text_on():
     stage = SLMRunnable(
-        name="points", prompt="{input}", output_type=KeyPoints, engine=StreamingScript(" "), on_parse_error="pass_raw"
+        name="points",
+        prompt="{input}",
+        output_type=KeyPoints,
+        engine=StreamingScript(" "),
+        on_parse_error="pass_raw",
     )
     stack = FSLMChain(stages=[stage])
     assert "".join(stack.stream("x")) == " "
