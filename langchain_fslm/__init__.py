@@ -14,6 +14,7 @@ from langchain_fslm.errors import (
     InvalidInputError,
     ManifestError,
     PromptTooLongError,
+    PromptTruncatedWarning,
     StageOutputError,
 )
 from langchain_fslm.handoff import HANDOFF_EVENT, Handoff, HandoffLogger
@@ -56,6 +57,7 @@ __all__ = [
     "KeyPoints",
     "ManifestError",
     "PromptTooLongError",
+    "PromptTruncatedWarning",
     "SLMRunnable",
     "StackManifest",
     "StackOutput",

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from langchain_fslm.engine.base import Engine, GenerationConfig
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
 from langchain_fslm.engine.remote import remote_engine as remote_engine_from
-from langchain_fslm.errors import StageOutputError
+from langchain_fslm.errors import ManifestError, StageOutputError
 from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff
 from langchain_fslm.inputs import input_to_text
 from langchain_fslm.manifest import (
@@ -363,17 +363,36 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         return cls.from_specs(default_stage_specs(max_new_tokens), base_model=base_model)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, engine: Engine | None = None, **kwargs: Any) -> FSLMChain:
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        engine: Engine | None = None,
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> FSLMChain:
         """Load a stack saved with :meth:`save_pretrained` (or written by ``fslm train``).
 
         Each stage runs on its manifest ``backend``; ``backend="remote"`` (with ``remote=``, see
         :meth:`from_specs`) or ``backend="local"`` switches all.
+
+        Args:
+            folder: The stack folder.
+            engine: An engine to use instead of loading the manifest's base model.
+            trust_remote_code: Allow a manifest that asks for ``base_model.trust_remote_code``
+                (model code from the hub runs). Refused unless you pass True here.
+            **kwargs: ``backend``/``remote`` (see :meth:`from_specs`) and other fields.
 
         Raises:
             ManifestError: If the manifest is missing or wrong (the message names file and field).
             AdapterError: If an adapter cannot be loaded onto the base model.
         """
         manifest = load_manifest(folder)
+        if manifest.base_model.trust_remote_code and not trust_remote_code:
+            raise ManifestError(
+                f"{Path(folder) / 'fslm_stack.json'}: base_model.trust_remote_code is true; loading it "
+                "would run code from the model repository. Pass trust_remote_code=True if you trust it."
+            )
         return cls.from_specs(
             manifest.stages,
             base_model=manifest.base_model,

@@ -15,6 +15,10 @@ class PromptTooLongError(FSLMError, ValueError):
     """A prompt does not fit the model's context window with the requested generation budget."""
 
 
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was cut from the left to fit the context window (``on_too_long="truncate_left"``)."""
+
+
 class AdapterError(FSLMError):
     """A LoRA adapter is missing, broken, or does not fit the base model."""
 

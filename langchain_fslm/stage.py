@@ -19,7 +19,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.base import Engine, GenerationConfig, GenerationRequest
-from langchain_fslm.errors import InvalidInputError, StageOutputError
+from langchain_fslm.errors import InvalidInputError, PromptTooLongError, StageOutputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutput, StageOutputParser, output_type_by_name
 
@@ -196,7 +196,10 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
         for attempt in range(self.parse_retries + 1):
             if not pending:
                 break
-            generations = engine.generate([self.request(prompts[i], attempt) for i in pending])
+            try:
+                generations = engine.generate([self.request(prompts[i], attempt) for i in pending])
+            except PromptTooLongError as err:
+                raise PromptTooLongError(f"Stage {self.name!r}: {err}") from err
             failed = []
             for i, gen in zip(pending, generations, strict=True):
                 raws[i] = gen.text
@@ -251,7 +254,11 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
 
     def stream_text(self, state: StageInput) -> Iterator[str]:
         """Yield the stage's raw text as it is generated (no retries: streamed text is final)."""
-        yield from self._require_engine().stream(self.request(self.render(state)))
+        engine = self._require_engine()
+        try:
+            yield from engine.stream(self.request(self.render(state)))
+        except PromptTooLongError as err:
+            raise PromptTooLongError(f"Stage {self.name!r}: {err}") from err
 
     # ----------------------------------------------------------------------------- Runnable API
     def invoke(self, input: StageInput, config: RunnableConfig | None = None, **kwargs: Any) -> StageResult:
@@ -329,11 +336,31 @@ def _as_text(value: Any) -> str:
 
 
 async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
-    """Drive a blocking iterator from async code, one ``next`` per executor call."""
+    """Drive a blocking iterator from async code.
+
+    The iterator runs to the end in ONE worker thread (engines may hold thread-bound locks while
+    streaming), handing items to the event loop through a queue.
+    """
     loop = asyncio.get_running_loop()
-    done = object()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+        except BaseException as err:  # re-raised in the caller's task
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+    worker = loop.run_in_executor(None, produce)
     while True:
-        item = await loop.run_in_executor(None, next, iterator, done)
-        if item is done:
+        kind, value = await queue.get()
+        if kind == "item":
+            yield value
+        elif kind == "error":
+            await worker
+            raise value
+        else:
+            await worker
             return
-        yield item  # type: ignore[misc]

@@ -6,7 +6,7 @@ Engines know nothing about LangChain: they take plain prompts and return plain t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,9 @@ class GenerationConfig(BaseModel):
         repetition_penalty: Penalty for repeated tokens (1.0 = none). Small models loop without it.
         stop: Stop sequences; generation ends at the first one and the text is cut before it.
         seed: Seed for sampling, for reproducible sampled outputs.
+        on_too_long: What to do with a prompt longer than the context window leaves room for:
+            ``raise`` a :class:`~langchain_fslm.errors.PromptTooLongError` (default), or
+            ``truncate_left``: drop its oldest tokens and warn (``PromptTruncatedWarning``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -31,6 +34,7 @@ class GenerationConfig(BaseModel):
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=5.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    on_too_long: Literal["raise", "truncate_left"] = "raise"
 
 
 class GenerationRequest(BaseModel):

@@ -1,19 +1,28 @@
 """Local generation with transformers + peft: one base model in memory, many LoRA adapters.
 
 Rows of one batch may use different adapters (peft ``adapter_names=``), so every stage of a stack and
-every concurrent caller share one model object. A lock serialises access to the model.
+every concurrent caller share one model object. A lock serialises access to the model, and a
+:class:`~langchain_fslm.engine.batcher.MicroBatcher` merges greedy requests that arrive together (from
+threads, ``ainvoke`` or different stages) into one ``generate`` call instead of queueing them.
+
+Prompts that do not fit the context window are refused with :class:`PromptTooLongError` (default) or,
+with ``GenerationConfig(on_too_long="truncate_left")``, cut from the left with a
+:class:`PromptTruncatedWarning`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_fslm.engine.adapter_check import check_adapter
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
-from langchain_fslm.errors import AdapterError, PromptTooLongError
+from langchain_fslm.engine.batcher import MicroBatcher
+from langchain_fslm.errors import AdapterError, PromptTooLongError, PromptTruncatedWarning
 from langchain_fslm.models import BaseModelRef, load_base_model
 
 if TYPE_CHECKING:
@@ -73,6 +82,10 @@ class LocalEngine:
         tokenizer: Its tokenizer.
         base_ref: Where the model came from (kept for saving stacks).
         use_chat_template: Wrap prompts in the tokenizer's chat template. Default: when it has one.
+        batch_window_ms: How long a caller waits for concurrent greedy requests to join its
+            ``generate`` call (0: only requests already waiting join). ``None`` turns micro-batching off.
+        max_batch_size: Most rows per merged ``generate`` call.
+        num_threads: Torch intra-op threads (process-wide; default: torch's choice, one per core).
     """
 
     def __init__(
@@ -82,8 +95,16 @@ class LocalEngine:
         *,
         base_ref: BaseModelRef | None = None,
         use_chat_template: bool | None = None,
+        batch_window_ms: float | None = 2.0,
+        max_batch_size: int = 32,
+        num_threads: int | None = None,
     ) -> None:
         from langchain_fslm.models import prepare_tokenizer
+
+        if num_threads is not None:
+            import torch
+
+            torch.set_num_threads(num_threads)
 
         self.model = model
         self.tokenizer = prepare_tokenizer(tokenizer)
@@ -93,6 +114,15 @@ class LocalEngine:
         self.use_chat_template = use_chat_template
         self.adapter_paths: dict[str, str] = {}
         self.lock = threading.RLock()
+        self.tokenizer_lock = threading.RLock()
+        self.batcher: MicroBatcher[tuple[GenerationRequest, str], Generation] | None = None
+        if batch_window_ms is not None:
+            self.batcher = MicroBatcher(
+                self._generate_prepared,
+                lock=self.lock,
+                window_s=batch_window_ms / 1000,
+                max_items=max_batch_size,
+            )
 
     @classmethod
     def from_ref(cls, ref: BaseModelRef | str | None = None) -> LocalEngine:
@@ -124,14 +154,16 @@ class LocalEngine:
         from peft import PeftModel
 
         path = Path(path)
-        for required in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (path / required).is_file():
-                raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
         with self.lock:
             if self.has_adapter(name):
                 if self.adapter_paths.get(name) == str(path):
                     return
                 self.model.delete_adapter(name)
+            base = self.model.get_base_model() if self.is_peft else self.model
+            try:
+                check_adapter(path, base)
+            except AdapterError as err:
+                raise AdapterError(f"Adapter {name!r}: {err}") from None
             try:
                 if self.is_peft:
                     self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -140,6 +172,8 @@ class LocalEngine:
                         self.model, str(path), adapter_name=name, is_trainable=False
                     )
             except Exception as err:  # peft raises many types; name the file, keep the cause
+                if self.has_adapter(name):  # never keep a half-loaded adapter under that name
+                    self.model.delete_adapter(name)
                 raise AdapterError(
                     f"Adapter {name!r} at {path} could not be loaded on this base model: {err}"
                 ) from err
@@ -181,9 +215,17 @@ class LocalEngine:
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return str(rendered)
 
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added); safe to call from several threads."""
+        # Same padding setting as batch encoding (a no-op for one text): a fast tokenizer whose
+        # settings change while another thread uses it fails with "Already borrowed".
+        with self.tokenizer_lock:
+            ids: list[int] = self.tokenizer(text, add_special_tokens=False, padding=True)["input_ids"]
+        return ids
+
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` (no special tokens added)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.token_ids(text))
 
     # ----------------------------------------------------------------------------- generation
     def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
@@ -209,8 +251,53 @@ class LocalEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
+    def fit(self, request: GenerationRequest) -> str:
+        """The rendered prompt of a request, made to fit the context window per its policy.
+
+        Args:
+            request: The request; ``request.config.on_too_long`` is ``"raise"`` (default) or
+                ``"truncate_left"`` (drop the oldest prompt tokens, warn: :class:`PromptTruncatedWarning`).
+
+        Returns:
+            The exact text the model will see.
+
+        Raises:
+            PromptTooLongError: If the prompt does not fit and may not be cut, or cannot be cut enough.
+        """
+        config = request.config
+        text = self.render(request.prompt, request.system)
+        budget = self.context_length - config.max_new_tokens
+        n = self.count_tokens(text)
+        if n <= budget:
+            return text
+        where = f"The prompt has {n} tokens; with max_new_tokens={config.max_new_tokens} the model accepts"
+        limit = f"at most {budget} (context length {self.context_length})"
+        if config.on_too_long == "raise":
+            raise PromptTooLongError(
+                f"{where} {limit}. Shorten the input, lower max_new_tokens, or set "
+                "on_too_long='truncate_left'."
+            )
+        ids = self.token_ids(request.prompt)
+        keep = budget - (n - len(ids))  # room left once the template and system message are in
+        while keep > 0:
+            with self.tokenizer_lock:
+                kept = str(self.tokenizer.decode(ids[-keep:]))
+            text = self.render(kept, request.system)
+            fitted = self.count_tokens(text)
+            if fitted <= budget:
+                warnings.warn(
+                    f"Prompt truncated from the left: {n} -> {fitted} tokens, to fit {limit} with "
+                    f"max_new_tokens={config.max_new_tokens}.",
+                    PromptTruncatedWarning,
+                    stacklevel=2,
+                )
+                return text
+            keep -= fitted - budget
+        raise PromptTooLongError(f"{where} {limit}, and the system message and template alone do not fit.")
+
     def _encode(self, texts: list[str], max_new_tokens: int) -> Any:
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with self.tokenizer_lock:
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         budget = self.context_length - max_new_tokens
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         for i, n in enumerate(lengths):
@@ -224,30 +311,45 @@ class LocalEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Complete requests, one ``generate`` call per group of identical settings.
 
-        Rows with different adapters share a call (peft ``adapter_names=``).
+        Rows with different adapters share a call (peft ``adapter_names=``). Greedy requests from
+        concurrent callers are merged into the same calls by the micro-batcher; sampled requests run
+        on their own, so a seed gives the same text whoever else is calling.
 
         Args:
             requests: Prompts with their adapter and settings.
 
         Returns:
             One :class:`Generation` per request, in order.
+
+        Raises:
+            PromptTooLongError: If a prompt does not fit (see :meth:`fit`).
+            AdapterError: If a request names an adapter that is not loaded.
         """
-        results: list[Generation | None] = [None] * len(requests)
+        prepared = [(r, self.fit(r)) for r in requests]
+        self._adapter_kwargs([r.adapter for r in requests])  # fail fast, in the caller's thread
+        if self.batcher is None or any(r.config.temperature > 0 for r in requests):
+            with self.lock:
+                return self._generate_prepared(prepared)
+        return self.batcher.submit(prepared)
+
+    def _generate_prepared(self, prepared: list[tuple[GenerationRequest, str]]) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(prepared)
         groups: dict[str, list[int]] = {}
-        for i, request in enumerate(requests):
+        for i, (request, _) in enumerate(prepared):
             key = request.config.model_dump_json(exclude={"stop"})
             groups.setdefault(key, []).append(i)
         for indices in groups.values():
-            batch = [requests[i] for i in indices]
+            batch = [prepared[i] for i in indices]
             for i, generation in zip(indices, self._generate_group(batch), strict=True):
                 results[i] = generation
         return [r for r in results if r is not None]
 
-    def _generate_group(self, batch: list[GenerationRequest]) -> list[Generation]:
+    def _generate_group(self, prepared: list[tuple[GenerationRequest, str]]) -> list[Generation]:
         import torch
 
+        batch = [r for r, _ in prepared]
+        texts = [t for _, t in prepared]
         config = batch[0].config
-        texts = [self.render(r.prompt, r.system) for r in batch]
         stops = [list(r.config.stop) for r in batch]
         with self.lock:
             encoded = self._encode(texts, config.max_new_tokens)
@@ -269,7 +371,8 @@ class LocalEngine:
                 if tok in eos:
                     new, finish = new[:j], "stop"
                     break
-            text = str(self.tokenizer.decode(new, skip_special_tokens=True)).lstrip()
+            with self.tokenizer_lock:
+                text = str(self.tokenizer.decode(new, skip_special_tokens=True)).lstrip()
             text, hit = cut_at_stop(text, request.config.stop)
             if hit:
                 finish = "stop"
@@ -301,8 +404,9 @@ class LocalEngine:
         from transformers import TextIteratorStreamer
 
         config = request.config
+        text = self.fit(request)
         with self.lock:
-            encoded = self._encode([self.render(request.prompt, request.system)], config.max_new_tokens)
+            encoded = self._encode([text], config.max_new_tokens)
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             kwargs = self._generate_kwargs(config)
             kwargs.update(self._adapter_kwargs([request.adapter]))
@@ -378,8 +482,8 @@ class LocalEngine:
             rows: list[list[int]] = []
             cont_lens: list[int] = []
             for context, continuation in chunk:
-                ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
-                whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+                ctx = self.token_ids(context)
+                whole = self.token_ids(context + continuation)
                 # tokenise jointly, then split where the context's tokens stop matching
                 split = len(ctx)
                 while split > 0 and whole[:split] != ctx[:split]:

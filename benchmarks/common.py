@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: adapters for a base, resident memory, tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def rss_mib() -> float:
+    """Resident memory of this process, MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def random_lora(model: Any, folder: Path, seed: int, targets: list[str], scale: float = 0.05) -> Path:
+    """Save a LoRA adapter with random weights for ``model`` (a real adapter of realistic size).
+
+    The model is wrapped and unwrapped again, so it is left as it was.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    peft_model.unload()
+    return folder
+
+
+def machine() -> dict[str, Any]:
+    """What the figures came from."""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_at_start": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def report(name: str, rows: list[tuple[str, str, str]], data: dict[str, Any]) -> Path:
+    """Print a table (what, measured, target) and write the JSON next to the other results."""
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{name}")
+    print(f"{'measure'.ljust(width)} | {'value':>22} | target")
+    print(f"{'-' * width}-+-{'-' * 22}-+-------")
+    for what, value, target in rows:
+        print(f"{what.ljust(width)} | {value:>22} | {target}")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")
+    return path

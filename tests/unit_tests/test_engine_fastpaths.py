@@ -1,0 +1,150 @@
+"""Fast paths of the local engine give the same text as the slow ones: mixed-adapter batches, the
+micro-batcher, and the context-length policy."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from langchain_fslm import FSLMChain, GenerationConfig, GenerationRequest, PromptTooLongError, SLMRunnable
+from langchain_fslm.engine.batcher import MicroBatcher
+from langchain_fslm.errors import PromptTruncatedWarning
+
+PROMPTS = ["Why is the sky blue?", "Give me a tip.", "What is 2+2?", "Name a fruit.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_engine, tiny_adapters):
+    names = {}
+    for key, path in tiny_adapters.items():
+        names[key] = f"fast-{key}"
+        tiny_engine.load_adapter(names[key], path)
+    return tiny_engine, names
+
+
+def test_mixed_adapter_batch_equals_per_row(adapted):
+    engine, names = adapted
+    config = GenerationConfig(max_new_tokens=8)
+    requests = [
+        GenerationRequest(prompt=p, adapter=a, config=config)
+        for p in PROMPTS
+        for a in [None, *names.values()]
+    ]
+    batched = engine.generate(requests)
+    per_row = [engine.generate([r])[0] for r in requests]
+    assert [g.text for g in batched] == [g.text for g in per_row]
+    by_adapter = {r.adapter: g.text for r, g in zip(requests[:5], batched[:5], strict=True)}
+    assert len(set(by_adapter.values())) > 1  # the adapters really change the output
+
+
+def test_batcher_merges_waiting_callers_into_one_generate(adapted):
+    engine, names = adapted
+    config = GenerationConfig(max_new_tokens=6)
+    requests = [
+        GenerationRequest(prompt=p, adapter=names["abcd"[i % 4]], config=config)
+        for i, p in enumerate(PROMPTS)
+    ]
+    direct = [engine.generate([r])[0].text for r in requests]
+    assert engine.batcher is not None
+    results: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        results[i] = engine.generate([requests[i]])[0].text
+
+    with engine.lock:  # hold the model: every caller queues up, then one leader runs them all
+        calls_before = engine.batcher.calls
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(engine.batcher._pending) < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "deadlock"
+    assert engine.batcher.calls - calls_before == 1
+    assert [results[i] for i in range(len(requests))] == direct
+
+
+def test_batcher_isolates_a_failing_job():
+    def run(items: list[int]) -> list[int]:
+        if any(i < 0 for i in items):
+            raise ValueError("negative")
+        return [i * 2 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, window_s=0)
+    ok = batcher.submit([1, 2])
+    assert ok == [2, 4]
+    jobs = [batcher._take()]  # nothing waiting
+    assert jobs == [[]]
+    from langchain_fslm.engine.batcher import _Job
+
+    good, bad = _Job([3]), _Job([-1])
+    batcher._run([good, bad])  # merged call fails -> each job alone
+    assert good.results == [6] and good.error is None
+    assert isinstance(bad.error, ValueError)
+    with pytest.raises(ValueError, match="window_s"):
+        MicroBatcher(run, window_s=-1)
+
+
+def test_sampled_requests_bypass_the_batcher_and_stay_reproducible(adapted):
+    engine, names = adapted
+    config = GenerationConfig(max_new_tokens=8, temperature=0.9, seed=7)
+    request = GenerationRequest(prompt="Tell a story", adapter=names["a"], config=config)
+    assert engine.generate([request])[0].text == engine.generate([request])[0].text
+
+
+def test_unbatched_engine_gives_the_same_text(tiny_model_dir, adapted):
+    from transformers import AutoTokenizer
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    engine, _ = adapted
+    plain = LocalEngine(engine.model, AutoTokenizer.from_pretrained(tiny_model_dir), batch_window_ms=None)
+    assert plain.batcher is None
+    request = GenerationRequest(prompt="Hello", config=GenerationConfig(max_new_tokens=6))
+    assert plain.generate([request])[0].text == engine.generate([request])[0].text
+
+
+def long_prompt(engine, n_tokens: int) -> str:
+    text = " ".join(f"w{i}" for i in range(n_tokens))
+    assert engine.count_tokens(text) >= n_tokens
+    return text
+
+
+def test_too_long_prompt_raises_naming_the_stage(tiny_engine):
+    stage = SLMRunnable(
+        name="draft", prompt="{input}", engine=tiny_engine, generation=GenerationConfig(max_new_tokens=16)
+    )
+    prompt = long_prompt(tiny_engine, tiny_engine.context_length)
+    with pytest.raises(PromptTooLongError, match=r"Stage 'draft'.*at most 240.*truncate_left"):
+        stage.invoke(prompt)
+    with pytest.raises(PromptTooLongError, match="Stage 'draft'"):
+        list(stage.stream(prompt))
+
+
+def test_truncate_left_keeps_the_end_and_warns(tiny_engine):
+    config = GenerationConfig(max_new_tokens=16, on_too_long="truncate_left")
+    prompt = long_prompt(tiny_engine, 400) + " THE END"
+    request = GenerationRequest(prompt=prompt, config=config)
+    with pytest.warns(PromptTruncatedWarning, match="truncated from the left"):
+        fitted = tiny_engine.fit(request)
+    assert fitted.endswith("THE END")
+    assert tiny_engine.count_tokens(fitted) <= tiny_engine.context_length - 16
+    stage = SLMRunnable(name="s", prompt="{input}", engine=tiny_engine, generation=config)
+    with pytest.warns(PromptTruncatedWarning):
+        result = stage.invoke(prompt)
+    assert result.completion_tokens > 0
+    with pytest.warns(PromptTruncatedWarning):
+        assert "".join(stage.stream(prompt)) == result.raw
+
+
+def test_truncate_left_policy_survives_a_save(tiny_engine, tmp_path):
+    from langchain_fslm import StageSpec
+
+    spec = StageSpec(name="s", prompt="{input}", generation=GenerationConfig(on_too_long="truncate_left"))
+    folder = FSLMChain.from_specs([spec], engine=tiny_engine).save_pretrained(tmp_path / "s")
+    again = FSLMChain.from_pretrained(folder, engine=tiny_engine)
+    assert again.stages[0].generation.on_too_long == "truncate_left"
