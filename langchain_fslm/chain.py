@@ -202,14 +202,25 @@ class StageStep(RunnableSerializable[State, State]):
             if self.stage.on_parse_error == "raise":
                 raise StageOutputError(self.stage.name, raw, str(err)) from err
             value, error = None, str(err)
+        prompt_tokens, completion_tokens = self._stream_tokens(state, raw)
         result = StageResult(
             stage=self.stage.name,
             raw=raw,
             value=value,
             parse_error=error,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=elapsed,
         )
         return self._advance(state, result)
+
+    def _stream_tokens(self, state: State, raw: str) -> tuple[int, int]:
+        """Token counts of a streamed stage (the engine's streamer does not report them)."""
+        engine = self.stage.engine
+        if not (hasattr(engine, "count_tokens") and hasattr(engine, "render")):
+            return 0, 0
+        prompt = engine.render(self.stage.render(self._fields(state)), self.stage.system)
+        return engine.count_tokens(prompt), engine.count_tokens(raw) if raw else 0
 
     def stream_answer(self, state: State, config: RunnableConfig | None = None) -> Iterator[str]:
         """Stream this stage's text, then emit its handoff (used for the stack's last stage)."""

@@ -11,7 +11,16 @@ runner = CliRunner()
 
 def test_run_shows_handoffs_and_info_reads_the_stack(tiny_model_dir, tiny_engine, tmp_path):
     result = runner.invoke(
-        app, ["run", "Why is the sky blue?", "--base", str(tiny_model_dir), "--max-new-tokens", "4", "--show-handoffs"]
+        app,
+        [
+            "run",
+            "Why is the sky blue?",
+            "--base",
+            str(tiny_model_dir),
+            "--max-new-tokens",
+            "4",
+            "--show-handoffs",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "intent → key_points" in result.output and "answer → output" in result.output

@@ -96,7 +96,9 @@ def test_stage_missing_field_names_stage_and_field(tiny_engine):
 
 
 def test_multi_token_stop_is_honoured(tiny_engine):
-    free = SLMRunnable(name="s", prompt="{input}", engine=tiny_engine, generation=GenerationConfig(max_new_tokens=12))
+    free = SLMRunnable(
+        name="s", prompt="{input}", engine=tiny_engine, generation=GenerationConfig(max_new_tokens=12)
+    )
     text = free.invoke("The weather today").raw
     words = text.split()
     assert len(words) >= 3, text
@@ -146,7 +148,9 @@ def test_parse_failure_retry_can_succeed():
 def test_parse_failure_pass_raw_flags_the_handoff():
     engine = ScriptedEngine([" ", "fine answer"])
     specs = [
-        StageSpec(name="kp", prompt="{input}", output_type="key_points", parse_retries=0, on_parse_error="pass_raw"),
+        StageSpec(
+            name="kp", prompt="{input}", output_type="key_points", parse_retries=0, on_parse_error="pass_raw"
+        ),
         StageSpec(name="answer", prompt="{input} {kp}"),
     ]
     logger = HandoffLogger()
@@ -267,7 +271,9 @@ def test_save_and_load_round_trip_with_adapters(tiny_engine, tiny_adapters, tmp_
     folder = stack.save_pretrained(tmp_path / "my-stack")
     manifest = json.loads((folder / "fslm_stack.json").read_text())
     assert manifest["format_version"] == 1
-    assert [s["adapter"] for s in manifest["stages"]] == [f"adapters/{n}" for n in ["intent", "key_points", "draft", "answer"]]
+    assert [s["adapter"] for s in manifest["stages"]] == [
+        f"adapters/{n}" for n in ["intent", "key_points", "draft", "answer"]
+    ]
     assert (folder / "adapters/intent/adapter_model.safetensors").is_file()
     again = FSLMChain.from_pretrained(folder, engine=tiny_engine)
     assert again.invoke(prompt) == answer
