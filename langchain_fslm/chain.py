@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fslm.engine.base import Engine, GenerationConfig
 from langchain_fslm.errors import StageOutputError
-from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff
+from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff, trace_handoff
 from langchain_fslm.inputs import input_to_text
 from langchain_fslm.manifest import (
     StackManifest,
@@ -126,6 +126,7 @@ class StageStep(RunnableSerializable[State, State]):
     def _invoke(self, state: State, config: RunnableConfig) -> State:
         new, event = self._advance(state, self.stage.run_one(self._fields(state)))
         dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
         return new
 
     async def ainvoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> State:
@@ -136,6 +137,7 @@ class StageStep(RunnableSerializable[State, State]):
         result = await run_in_executor(config, self.stage.run_one, self._fields(state))
         new, event = self._advance(state, result)
         await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
         return new
 
     def batch(
@@ -160,6 +162,7 @@ class StageStep(RunnableSerializable[State, State]):
                 continue
             new, event = self._advance(state, result)
             dispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            trace_handoff(cfg, event)
             out.append(new)
         return out
 
@@ -190,6 +193,7 @@ class StageStep(RunnableSerializable[State, State]):
                 continue
             new, event = self._advance(state, result)
             await adispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            trace_handoff(cfg, event)
             out.append(new)
         return out
 
@@ -237,6 +241,7 @@ class StageStep(RunnableSerializable[State, State]):
             yield piece
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
 
     async def astream_answer(self, state: State, config: RunnableConfig | None = None) -> AsyncIterator[str]:
         """Async :meth:`stream_answer`."""
@@ -261,6 +266,7 @@ class StageStep(RunnableSerializable[State, State]):
             yield piece
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
 
 
 def _adapter_name(stage: str, path: str | Path) -> str:
