@@ -66,11 +66,11 @@ def build_chain(stack: FSLMChain, k: int = 2):
     )
 
 
-def main(question: str, max_new_tokens: int | None = None, handoff_log: str | None = None) -> str:
+def main(question: str, max_new_tokens: int | None = None, handoff_log: str | None = None, k: int = 2) -> str:
     """Answer ``question`` from the docs; print the handoffs and the answer."""
     stack = FSLMChain.default(max_new_tokens=max_new_tokens)
     logger = HandoffLogger(handoff_log)
-    answer = build_chain(stack).invoke(question, config={"callbacks": [logger]})
+    answer = build_chain(stack, k).invoke(question, config={"callbacks": [logger]})
     for record in logger.records:
         print(f"-- {record['from_stage']} -> {record['to_stage']}: {record['text']!r}")
     print(answer)

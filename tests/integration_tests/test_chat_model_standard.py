@@ -25,7 +25,7 @@ SCHEMAS = ["pydantic", "typeddict", "json_schema"]
 
 @pytest.fixture(scope="module")
 def real_stack(smollm2_engine) -> FSLMChain:
-    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=6), engine=smollm2_engine)
+    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=4), engine=smollm2_engine)
 
 
 class TestChatFSLMIntegration(ChatModelIntegrationTests):
@@ -43,7 +43,7 @@ class TestChatFSLMIntegration(ChatModelIntegrationTests):
 
     @property
     def standard_chat_model_params(self) -> dict:
-        return {"temperature": 0, "max_tokens": 12, "timeout": 60, "stop": [], "max_retries": 2}
+        return {"temperature": 0, "max_tokens": 8, "timeout": 60, "stop": [], "max_retries": 2}
 
     @property
     def has_tool_calling(self) -> bool:
