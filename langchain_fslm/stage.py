@@ -329,11 +329,18 @@ def _as_text(value: Any) -> str:
 
 
 async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
-    """Drive a blocking iterator from async code, one ``next`` per executor call."""
+    """Drive a blocking iterator from async code, one ``next`` per executor call.
+
+    Every ``next`` runs on the same worker thread: the engine's stream holds a thread-owned lock across
+    yields, which another thread cannot release.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     loop = asyncio.get_running_loop()
     done = object()
-    while True:
-        item = await loop.run_in_executor(None, next, iterator, done)
-        if item is done:
-            return
-        yield item  # type: ignore[misc]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fslm-stream") as worker:
+        while True:
+            item = await loop.run_in_executor(worker, next, iterator, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]
