@@ -31,7 +31,7 @@ from langchain_fslm.engine.base import Engine, GenerationConfig
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
 from langchain_fslm.engine.remote import remote_engine as remote_engine_from
 from langchain_fslm.errors import ManifestError, StageOutputError
-from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff
+from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff, trace_handoff
 from langchain_fslm.inputs import input_to_text
 from langchain_fslm.manifest import (
     StackManifest,
@@ -128,6 +128,7 @@ class StageStep(RunnableSerializable[State, State]):
     def _invoke(self, state: State, config: RunnableConfig) -> State:
         new, event = self._advance(state, self.stage.run_one(self._fields(state)))
         dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
         return new
 
     async def ainvoke(self, input: State, config: RunnableConfig | None = None, **kwargs: Any) -> State:
@@ -138,6 +139,7 @@ class StageStep(RunnableSerializable[State, State]):
         result = await run_in_executor(config, self.stage.run_one, self._fields(state))
         new, event = self._advance(state, result)
         await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
         return new
 
     def batch(
@@ -162,6 +164,7 @@ class StageStep(RunnableSerializable[State, State]):
                 continue
             new, event = self._advance(state, result)
             dispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            trace_handoff(cfg, event)
             out.append(new)
         return out
 
@@ -192,6 +195,7 @@ class StageStep(RunnableSerializable[State, State]):
                 continue
             new, event = self._advance(state, result)
             await adispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+            trace_handoff(cfg, event)
             out.append(new)
         return out
 
@@ -204,14 +208,25 @@ class StageStep(RunnableSerializable[State, State]):
             if self.stage.on_parse_error == "raise":
                 raise StageOutputError(self.stage.name, raw, str(err)) from err
             value, error = None, str(err)
+        prompt_tokens, completion_tokens = self._stream_tokens(state, raw)
         result = StageResult(
             stage=self.stage.name,
             raw=raw,
             value=value,
             parse_error=error,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=elapsed,
         )
         return self._advance(state, result)
+
+    def _stream_tokens(self, state: State, raw: str) -> tuple[int, int]:
+        """Token counts of a streamed stage (the engine's streamer does not report them)."""
+        engine = self.stage.engine
+        if not (hasattr(engine, "count_tokens") and hasattr(engine, "render")):
+            return 0, 0
+        prompt = engine.render(self.stage.render(self._fields(state)), self.stage.system)
+        return engine.count_tokens(prompt), engine.count_tokens(raw) if raw else 0
 
     def stream_answer(self, state: State, config: RunnableConfig | None = None) -> Iterator[str]:
         """Stream this stage's text, then emit its handoff (used for the stack's last stage)."""
@@ -228,6 +243,7 @@ class StageStep(RunnableSerializable[State, State]):
             yield piece
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         dispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
 
     async def astream_answer(self, state: State, config: RunnableConfig | None = None) -> AsyncIterator[str]:
         """Async :meth:`stream_answer`."""
@@ -252,6 +268,7 @@ class StageStep(RunnableSerializable[State, State]):
             yield piece
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
+        trace_handoff(config, event)
 
 
 def _adapter_name(stage: str, path: str | Path) -> str:

@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.chain import FSLMChain, StackOutput
+from langchain_fslm.handoff import HANDOFF_EVENT
 
 
-def _child_config(run_manager: Any) -> RunnableConfig | None:
+class _TokenTally(BaseCallbackHandler):
+    """Sums the token counts of a stack's handoff events (the usage of a streamed reply)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Add one handoff's tokens."""
+        if name == HANDOFF_EVENT:
+            self.input_tokens += int(data["prompt_tokens"])
+            self.output_tokens += int(data["completion_tokens"])
+
+    def usage(self) -> UsageMetadata:
+        """The totals as LangChain usage metadata."""
+        total = self.input_tokens + self.output_tokens
+        return UsageMetadata(
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, total_tokens=total
+        )
+
+
+def _child_config(run_manager: Any, extra: list[BaseCallbackHandler] | None = None) -> RunnableConfig:
     """Config whose callbacks make the stack's runs children of this chat-model run."""
     if run_manager is None:
-        return None
+        return RunnableConfig(callbacks=list(extra or []))
     manager_cls = (
         AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
     )
@@ -32,6 +59,8 @@ def _child_config(run_manager: Any) -> RunnableConfig | None:
     manager.set_handlers(run_manager.inheritable_handlers)
     manager.add_tags(run_manager.inheritable_tags)
     manager.add_metadata(run_manager.inheritable_metadata)
+    for handler in extra or []:
+        manager.add_handler(handler, inherit=True)
     return RunnableConfig(callbacks=manager)
 
 
@@ -58,6 +87,8 @@ class ChatFSLM(BaseChatModel):
         stop: Extra stop sequences for the last stage.
         timeout: Accepted for API compatibility; a local stack has no network timeout.
         max_retries: Accepted for API compatibility; see the stages' ``parse_retries``.
+        streaming: Whether ``invoke`` streams internally (the reply is the same).
+        model_name: Name reported in traces and response metadata (default: the stack's name).
 
     Example:
         .. code-block:: python
@@ -68,7 +99,7 @@ class ChatFSLM(BaseChatModel):
             chat.invoke("Why is the sky blue?").content
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     stack: FSLMChain
     temperature: float | None = None
@@ -76,16 +107,23 @@ class ChatFSLM(BaseChatModel):
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
     max_retries: int | None = None
-    model_name: str = "fslm"
+    streaming: bool = False
+    model_name: str | None = Field(default=None, alias="model")
+    structured: Any = Field(default=None, exclude=True)
+    """Set by :meth:`with_structured_output`: ``(schema, parser)`` for the last stage."""
 
     @property
     def _llm_type(self) -> str:
         return "fslm"
 
     @property
+    def _model(self) -> str:
+        return self.model_name or self.stack.get_name()
+
+    @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "model_name": self.model_name,
+            "model_name": self._model,
             "stages": [s.name for s in self.stack.stages],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -94,21 +132,34 @@ class ChatFSLM(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "fslm"
-        params["ls_model_name"] = self.model_name
+        params["ls_model_name"] = kwargs.get("model") or self._model
         params["ls_model_type"] = "chat"
-        if self.temperature is not None:
-            params["ls_temperature"] = self.temperature
-        if self.max_tokens is not None:
-            params["ls_max_tokens"] = self.max_tokens
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stops = [*(self.stop or []), *(stop or [])]
+        if stops:
+            params["ls_stop"] = stops
         return params
 
     def _configured(self, stop: list[str] | None, **kwargs: Any) -> FSLMChain:
-        last = self.stack.stages[-1].generation
+        from langchain_fslm.structured import structured_stage
+
+        stack = self.stack
+        if self.structured is not None:
+            schema, parser = self.structured
+            stack = stack.model_copy(
+                update={"stages": [*stack.stages[:-1], structured_stage(stack.stages[-1], schema, parser)]}
+            )
+        last = stack.stages[-1].generation
         stops = [*last.stop, *(self.stop or []), *(stop or [])]
-        return self.stack.with_generation(
+        return stack.with_generation(
             temperature=kwargs.get("temperature", self.temperature),
             max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-            stop=stops,
+            stop=list(dict.fromkeys(stops)),
         ).model_copy(update={"include_handoffs": True})
 
     def _generate(
@@ -138,10 +189,25 @@ class ChatFSLM(BaseChatModel):
         message = AIMessage(
             content=output.output,
             usage_metadata=_usage(output),
-            response_metadata={"model_name": self.model_name, "stages": list(output.stages)},
+            response_metadata={
+                "model_name": self._model,
+                "model_provider": "fslm",
+                "stages": list(output.stages),
+            },
         )
         info = {"finish_reason": "stop", "attempts": last.attempts}
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    def _last_chunk(self, tally: _TokenTally) -> ChatGenerationChunk:
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=tally.usage(),
+                response_metadata={"model_name": self._model, "model_provider": "fslm"},
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": "stop"},
+        )
 
     def _stream(
         self,
@@ -150,16 +216,14 @@ class ChatFSLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        config = _child_config(run_manager)
+        tally = _TokenTally()
+        config = _child_config(run_manager, [tally])
         for piece in self._configured(stop, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(content="", response_metadata={"model_name": self.model_name}),
-            generation_info={"finish_reason": "stop"},
-        )
+        yield self._last_chunk(tally)
 
     async def _astream(
         self,
@@ -168,13 +232,73 @@ class ChatFSLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        config = _child_config(run_manager)
+        tally = _TokenTally()
+        config = _child_config(run_manager, [tally])
         async for piece in self._configured(stop, **kwargs).astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(content="", response_metadata={"model_name": self.model_name}),
-            generation_info={"finish_reason": "stop"},
+        yield self._last_chunk(tally)
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Not supported: a stack of small models writes text and has no tool calling.
+
+        Raises:
+            NotImplementedError: Always, naming the alternative.
+        """
+        raise NotImplementedError(
+            "ChatFSLM does not support tool calling: its stages are small models that write plain text. "
+            "Put the stack in a LangGraph node, or use with_structured_output() for typed replies."
         )
+
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        include_raw: bool = False,
+        method: str | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable whose reply is parsed into ``schema`` by the last stage's parser.
+
+        The last stage's prompt asks for the format and its output type becomes ``schema``, so a reply that
+        does not parse is regenerated (the stage's ``parse_retries``) and then raises
+        :class:`~langchain_fslm.errors.StageOutputError`. A :class:`~langchain_fslm.outputs.StageOutput`
+        subclass is parsed from plain text; a pydantic model, TypedDict or JSON schema dict from JSON.
+
+        Args:
+            schema: The output schema (None only with ``method="json_mode"``).
+            include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
+            method: ``json_schema``, ``function_calling`` or ``json_mode``; a small local model has no
+                tool calling or JSON mode, so all three prompt for the format and parse the text.
+            strict: Accepted for API compatibility (parsing is always strict).
+            **kwargs: Not supported.
+
+        Raises:
+            ValueError: For unknown arguments, methods or schemas.
+        """
+        from langchain_fslm.structured import schema_parser
+
+        if kwargs:
+            raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
+        parser = schema_parser(schema, method)
+        llm = self.model_copy(update={"structured": (schema, parser)}).bind(
+            ls_structured_output_format={
+                "kwargs": {"method": method or "json_schema", "strict": strict},
+                "schema": convert_to_json_schema(schema) if schema is not None else None,
+            }
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        with_fallback = parsed.with_fallbacks([failed], exception_key="parsing_error")
+        return RunnableMap(raw=llm) | with_fallback

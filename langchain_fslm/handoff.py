@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel
 
 HANDOFF_EVENT = "fslm_handoff"
@@ -51,6 +52,26 @@ class Handoff(BaseModel):
     completion_tokens: int
     latency_s: float
     attempts: int = 1
+
+
+def trace_handoff(config: RunnableConfig, event: dict[str, Any]) -> None:
+    """Add a handoff to the current run's ``events`` in every tracer (LangSmith shows them on the run).
+
+    Tracers ignore custom events, so without this a LangSmith trace would not show handoffs. ``config`` is
+    the config a stage step runs its body with (its callbacks' parent is the stage's run).
+    """
+    from datetime import datetime, timezone
+
+    from langchain_core.tracers.base import BaseTracer
+
+    manager = config.get("callbacks")
+    if not isinstance(manager, BaseCallbackManager) or manager.parent_run_id is None:
+        return
+    for handler in manager.handlers:
+        run = handler.run_map.get(str(manager.parent_run_id)) if isinstance(handler, BaseTracer) else None
+        if run is not None:
+            now = datetime.now(timezone.utc).isoformat()
+            run.events.append({"name": HANDOFF_EVENT, "time": now, "kwargs": event})
 
 
 class HandoffLogger(BaseCallbackHandler):

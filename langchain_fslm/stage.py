@@ -336,31 +336,18 @@ def _as_text(value: Any) -> str:
 
 
 async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
-    """Drive a blocking iterator from async code.
+    """Drive a blocking iterator from async code, one ``next`` per executor call.
 
-    The iterator runs to the end in ONE worker thread (engines may hold thread-bound locks while
-    streaming), handing items to the event loop through a queue.
+    Every ``next`` runs on the same worker thread: the engine's stream holds a thread-owned lock across
+    yields, which another thread cannot release.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
-        except BaseException as err:  # re-raised in the caller's task
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
-        else:
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-    worker = loop.run_in_executor(None, produce)
-    while True:
-        kind, value = await queue.get()
-        if kind == "item":
-            yield value
-        elif kind == "error":
-            await worker
-            raise value
-        else:
-            await worker
-            return
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fslm-stream") as worker:
+        while True:
+            item = await loop.run_in_executor(worker, next, iterator, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]

@@ -1,0 +1,116 @@
+"""Structured output for a stack: the last stage parses into a caller's schema.
+
+``ChatFSLM.with_structured_output(schema)`` swaps the last stage's output type for one built here, so the
+schema is enforced by the stage's own parser, with the stage's ``parse_retries``. A :class:`StageOutput`
+subclass is used as it is (plain-text parsing); a pydantic model, a TypedDict or a JSON schema dict is asked
+for as JSON and parsed by LangChain's JSON / pydantic output parsers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, PydanticOutputParser
+from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.utils.pydantic import is_basemodel_subclass
+
+from langchain_fslm.outputs import StageOutput, StageOutputParser
+from langchain_fslm.stage import SLMRunnable
+
+STRUCTURED_METHODS = ("json_schema", "function_calling", "json_mode")
+"""Accepted ``method`` values; a small local model has no tool calling, so all of them prompt for the
+format and parse the text."""
+
+
+def is_stage_output(schema: Any) -> bool:
+    """Whether ``schema`` is a :class:`StageOutput` subclass (parsed from plain text, not JSON)."""
+    return isinstance(schema, type) and issubclass(schema, StageOutput)
+
+
+def schema_parser(schema: Any, method: str | None = None) -> BaseOutputParser[Any]:
+    """The LangChain output parser that turns the last stage's text into ``schema``.
+
+    Args:
+        schema: A :class:`StageOutput` subclass, a pydantic model, a TypedDict or a JSON schema dict.
+        method: ``json_schema``, ``function_calling`` or ``json_mode`` (all parse the text), or None.
+
+    Raises:
+        ValueError: For an unknown method, or ``json_mode`` without a schema.
+    """
+    if method is not None and method not in STRUCTURED_METHODS:
+        raise ValueError(f"Unknown structured-output method {method!r}; use one of {STRUCTURED_METHODS}.")
+    if schema is None:
+        if method == "json_mode":
+            return JsonOutputParser()
+        raise ValueError("with_structured_output needs a schema (or method='json_mode').")
+    if is_stage_output(schema):
+        return StageOutputParser(output_type=schema)
+    if is_basemodel_subclass(schema):
+        return PydanticOutputParser(pydantic_object=schema)
+    convert_to_json_schema(schema)  # raises a clear error for anything that is not a schema
+    return JsonOutputParser()
+
+
+def format_instructions(schema: Any) -> str:
+    """A short instruction for the last stage's prompt (small models follow short ones better)."""
+    if is_stage_output(schema):
+        return StageOutputParser(output_type=schema).get_format_instructions()
+    if schema is None:
+        return "Reply with one JSON object only."
+    spec = convert_to_json_schema(schema)
+    fields = []
+    for key, prop in spec.get("properties", {}).items():
+        kind = prop.get("type", "value")
+        about = f" ({prop['description']})" if prop.get("description") else ""
+        fields.append(f'"{key}": {kind}{about}')
+    return "Reply with one JSON object only, with these keys: " + "; ".join(fields) + "."
+
+
+def structured_output_type(parser: BaseOutputParser[Any]) -> type[StageOutput]:
+    """A stage output type whose parsing is ``parser`` (the value is kept as parsed)."""
+
+    class Structured(StageOutput):
+        type_name: ClassVar[str] = "structured"
+        value: Any
+
+        @classmethod
+        def from_text(cls, text: str) -> Structured:
+            try:
+                return cls(value=parser.parse(text))
+            except OutputParserException as err:
+                raise ValueError(str(err)) from None
+
+        def as_text(self) -> str:
+            return to_text(self.value)
+
+    return Structured
+
+
+def to_text(value: Any) -> str:
+    """Write a parsed value back as text that its parser reads again (JSON or the stage format)."""
+    if isinstance(value, StageOutput):
+        return value.as_text()
+    if hasattr(value, "model_dump_json"):
+        return str(value.model_dump_json())
+    if hasattr(value, "json") and hasattr(value, "dict"):  # pydantic.v1 model
+        return str(value.json())
+    return json.dumps(value, ensure_ascii=False)
+
+
+def structured_stage(stage: SLMRunnable, schema: Any, parser: BaseOutputParser[Any]) -> SLMRunnable:
+    """A copy of ``stage`` that asks for ``schema`` and parses into it (raising once retries are spent)."""
+    output_type = schema if is_stage_output(schema) else structured_output_type(parser)
+    instructions = format_instructions(schema).replace("{", "{{").replace("}", "}}")
+    return SLMRunnable(
+        name=stage.name,
+        prompt=f"{stage.prompt}\n\n{instructions}",
+        output_type=output_type,
+        engine=stage.engine,
+        adapter=stage.adapter,
+        generation=stage.generation,
+        system=stage.system,
+        parse_retries=stage.parse_retries,
+        on_parse_error="raise",
+    )
