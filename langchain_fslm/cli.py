@@ -90,6 +90,13 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
         )
 
 
+from langchain_fslm import cli_training  # noqa: E402
+
+app.command()(cli_training.distill)
+app.command()(cli_training.train)
+app.command()(cli_training.heldout)
+
+
 def main() -> None:
     """Entry point."""
     app()

@@ -7,8 +7,8 @@ safetensors only, ``trust_remote_code`` off unless asked, left padding and ``pad
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
+import json
 import logging
 import os
 import shutil
