@@ -152,6 +152,7 @@ def _train_adapter(
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         logging_steps=config.logging_steps,
+        logging_first_step=True,
         save_steps=config.save_steps,
         save_total_limit=2,
         seed=config.seed,
