@@ -118,6 +118,7 @@ def _train_adapter(
     stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
 ) -> tuple[list[float], float, bool]:
     """Train (or resume) one stage's adapter; returns its losses, wall time and whether this is rank 0."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -162,6 +163,7 @@ def _train_adapter(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        ddp_backend=None if torch.cuda.is_available() else "gloo",  # CPU-only DDP needs gloo
     )
     trainer = Trainer(
         model=model,
