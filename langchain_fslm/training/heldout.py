@@ -23,6 +23,7 @@ class HeldoutResult(BaseModel):
         n: Number of records scored.
         rouge_l: Mean ROUGE-L F1 of the answers against the references.
         loglik_per_token: Mean over records of the reference answer's per-token log-likelihood.
+        failed: Records where a stage raised (unparseable output): scored ROUGE-L 0, no log-likelihood.
         wall_s: Evaluation wall time.
         samples: The first few (request, answer, reference) triples, for reading.
     """
@@ -31,6 +32,7 @@ class HeldoutResult(BaseModel):
     n: int
     rouge_l: float
     loglik_per_token: float
+    failed: int = 0
     wall_s: float
     samples: list[dict[str, str]] = Field(default_factory=list)
 
@@ -63,26 +65,33 @@ def evaluate_chain(
     rouge: list[float] = []
     loglik: list[float] = []
     samples: list[dict[str, str]] = []
+    failed = 0
     start = time.perf_counter()
     for i in tqdm(range(0, len(rows), batch_size), desc=f"heldout ({system})", disable=not progress):
         chunk = rows[i : i + batch_size]
         requests = [request_text(r) for r in chunk]
-        outputs = chain.batch(requests)
+        outputs = chain.batch(requests, return_exceptions=True)
         pairs = []
         for row, req, out in zip(chunk, requests, outputs, strict=True):
+            if isinstance(out, Exception):
+                failed += 1
+                rouge.append(0.0)
+                continue
             state = {"input": req, **{k: _text(v) for k, v in out.stages.items()}}
             context = engine.render(last.render(state), last.system)
             pairs.append((context, str(row["output"])))
             rouge.append(scorer.score(str(row["output"]), out.output)["rougeL"].fmeasure)
             if len(samples) < 3:
                 samples.append({"request": req, "answer": out.output, "reference": str(row["output"])})
-        for logprob, _, n in engine.loglikelihood(pairs, adapter=last.adapter, batch_size=batch_size):
+        scores = engine.loglikelihood(pairs, adapter=last.adapter, batch_size=batch_size) if pairs else []
+        for logprob, _, n in scores:
             loglik.append(logprob / n)
     return HeldoutResult(
         system=system,
         n=len(rouge),
         rouge_l=sum(rouge) / max(1, len(rouge)),
         loglik_per_token=sum(loglik) / max(1, len(loglik)),
+        failed=failed,
         wall_s=time.perf_counter() - start,
         samples=samples,
     )

@@ -287,3 +287,13 @@ def test_training_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, tiny
     b = load_file(tmp_path / "killed" / "adapters" / "intent" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
+
+
+def test_heldout_scores_answers_and_reference_likelihood(tiny_engine):
+    from langchain_fslm.training.heldout import base_chain, evaluate_chain
+
+    chain = base_chain(engine=tiny_engine).with_generation(max_new_tokens=3)
+    result = evaluate_chain(chain, ROWS[:3], "base", batch_size=2, progress=False)
+    assert result.n == 3 and result.failed == 0 and 0.0 <= result.rouge_l <= 1.0
+    assert result.loglik_per_token < 0  # a random tiny model: far from certain of the reference
+    assert len(result.samples) == 3 and result.samples[0]["reference"] == ROWS[0]["output"]
