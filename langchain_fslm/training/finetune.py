@@ -11,6 +11,7 @@ The result is a stack folder that :meth:`FSLMChain.from_pretrained` loads. Works
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -54,7 +55,8 @@ class TrainResult(BaseModel):
     Attributes:
         stack: The stack folder written (None on non-main DDP ranks).
         losses: Per stage, the logged training losses in order.
-        wall_s: Per stage, training wall time in seconds (this run; 0 if already finished).
+        wall_s: Per stage, training wall time in seconds (of the run that finished the stage; a resumed
+            stage counts only the resumed part).
         examples: Per stage, the number of training examples.
     """
 
@@ -130,7 +132,9 @@ def _train_adapter(
     final = work / "adapters" / stage
     log_file = stage_dir / "loss.json"
     if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
-        return json.loads(log_file.read_text())["losses"], 0.0, True
+        done = json.loads(log_file.read_text())
+        return done["losses"], float(done.get("wall_s", 0.0)), True
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     set_seed(config.seed)
     engine = LocalEngine.from_ref(BaseModelRef(source=config.base))
     data = [encode_example(engine, p, t, config.max_length, system) for p, t in examples]
@@ -163,7 +167,7 @@ def _train_adapter(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        ddp_backend=None if torch.cuda.is_available() else "gloo",  # CPU-only DDP needs gloo
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,  # CPU DDP
     )
     trainer = Trainer(
         model=model,
@@ -179,7 +183,9 @@ def _train_adapter(
     main = trainer.is_world_process_zero()
     if main:
         model.save_pretrained(str(final), safe_serialization=True)
-        log_file.write_text(json.dumps({"stage": stage, "losses": losses, "log": trainer.state.log_history}))
+        log_file.write_text(
+            json.dumps({"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history})
+        )
     trainer.accelerator.wait_for_everyone()
     return losses, wall, main
 
