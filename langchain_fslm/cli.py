@@ -97,6 +97,11 @@ from langchain_fslm.evaluation import commands as _eval_commands  # noqa: E402
 
 app.command("eval")(_eval_commands.eval_command)
 app.command("compare")(_eval_commands.compare_command)
+from langchain_fslm import cli_training  # noqa: E402
+
+app.command()(cli_training.distill)
+app.command()(cli_training.train)
+app.command()(cli_training.heldout)
 
 
 def main() -> None:

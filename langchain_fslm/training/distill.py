@@ -1,0 +1,173 @@
+"""Distillation: a teacher runs the stack's stage prompts in sequence and writes every stage's target.
+
+Output: one JSON line per finished record::
+
+    {"id": ..., "input": <request>, "reference": <Alpaca output>, "teacher": <spec>,
+     "stages": {"intent": {"prompt": <rendered stage prompt>, "target": <text>}, ...}}
+
+Records are appended and fsynced batch by batch; a rerun skips records already written (and records
+already dropped, listed in ``<out>.dropped.jsonl`` with the stage and the parse error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.exceptions import OutputParserException
+from pydantic import BaseModel, Field
+
+from langchain_fslm.manifest import StageSpec
+from langchain_fslm.outputs import StageOutputParser, output_type_by_name
+from langchain_fslm.training.data import record_id, request_text
+from langchain_fslm.training.teacher import Teacher, resolve_teacher
+
+
+class DistillStats(BaseModel):
+    """What a distillation run did.
+
+    Attributes:
+        written: Records written by this run.
+        skipped: Records already finished (or dropped) by an earlier run.
+        dropped: Per stage, records dropped by this run because the teacher's output did not parse.
+    """
+
+    written: int = 0
+    skipped: int = 0
+    dropped: dict[str, int] = Field(default_factory=dict)
+
+
+def dropped_path(out: Path) -> Path:
+    """Where dropped record ids are listed."""
+    return out.with_name(out.name + ".dropped.jsonl")
+
+
+def _finished_ids(path: Path) -> set[str]:
+    """Ids in a JSON-lines file; a torn last line (killed mid-write) is cut off first."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    return {json.loads(line)["id"] for line in data.splitlines() if line.strip()}
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def distill(
+    rows: Sequence[dict[str, Any]],
+    teacher: Teacher | Any,
+    out: str | Path,
+    *,
+    stages: Sequence[StageSpec] | None = None,
+    batch_size: int = 8,
+    final_target: Literal["reference", "teacher"] = "reference",
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> DistillStats:
+    """Run the teacher over every stage for each row and append the records to ``out``.
+
+    Args:
+        rows: Alpaca rows (``instruction``, ``input``, ``output``).
+        teacher: A :class:`Teacher`, a LangChain chat model/LLM, or a teacher spec string.
+        out: JSON-lines output (appended; finished rows are skipped).
+        stages: Stage specs (default: the four default roles).
+        batch_size: Rows per teacher call.
+        final_target: ``reference`` (default): the last stage's target is the row's ``output``;
+            ``teacher``: the teacher writes it too.
+        max_new_tokens: Override the teacher's generation budget per stage.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        Counts of written, skipped and dropped records.
+    """
+    from tqdm.auto import tqdm
+
+    from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.stage import SLMRunnable
+
+    specs = list(stages or default_stage_specs())
+    if max_new_tokens:
+        specs = [
+            s.model_copy(
+                update={"generation": s.generation.model_copy(update={"max_new_tokens": max_new_tokens})}
+            )
+            for s in specs
+        ]
+    runnables = [SLMRunnable.from_spec(s, engine=None) for s in specs]  # type: ignore[arg-type]
+    parsers = [StageOutputParser(output_type=output_type_by_name(s.output_type)) for s in specs]
+    resolved = resolve_teacher(teacher)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _finished_ids(out) | _finished_ids(dropped_path(out))
+    todo = [r for r in rows if record_id(r) not in done]
+    stats = DistillStats(skipped=len(rows) - len(todo), dropped={s.name: 0 for s in specs})
+    bar = tqdm(total=len(todo), desc=f"distill ({resolved.name})", unit="rec", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        states: list[dict[str, Any]] = [{"input": request_text(r)} for r in batch]
+        records: list[dict[str, Any] | None] = [
+            {
+                "id": record_id(r),
+                "input": s["input"],
+                "reference": r["output"],
+                "teacher": resolved.name,
+                "stages": {},
+            }
+            for r, s in zip(batch, states, strict=True)
+        ]
+        lost: list[dict[str, Any]] = []
+        for k, (spec, runnable, parser) in enumerate(zip(specs, runnables, parsers, strict=True)):
+            live = [i for i, rec in enumerate(records) if rec is not None]
+            prompts = [runnable.render(states[i]) for i in live]
+            if k == len(specs) - 1 and final_target == "reference":
+                texts = [str(batch[i]["output"]) for i in live]
+            else:
+                texts = resolved.write(spec, prompts) if live else []
+            for i, prompt, text in zip(live, prompts, texts, strict=True):
+                record = records[i]
+                assert record is not None
+                try:
+                    target = parser.parse(text).as_text()
+                except OutputParserException as err:
+                    stats.dropped[spec.name] += 1
+                    lost.append({"id": record["id"], "stage": spec.name, "error": str(err), "raw": text})
+                    records[i] = None
+                    continue
+                record["stages"][spec.name] = {"prompt": prompt, "target": target}
+                states[i][spec.name] = target
+        finished = [rec for rec in records if rec is not None]
+        _append(out, finished)
+        _append(dropped_path(out), lost)
+        stats.written += len(finished)
+        bar.update(len(batch))
+    bar.close()
+    return stats
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read distilled records (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        from langchain_fslm.errors import InvalidInputError
+
+        raise InvalidInputError(f"{path}: handoffs file not found (run `fslm distill` first)")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,279 @@
+"""Fine-tuning: one LoRA adapter per stage on one shared base model, with transformers' Trainer.
+
+Each stage's examples are ``(stage prompt, target)`` pairs from distilled records. The prompt is
+rendered exactly as :meth:`LocalEngine.render` renders it at inference (chat template included), the
+target follows it and ends with the EOS token, and the loss covers the target tokens only. Checkpoints
+go to ``<work_dir>/<stage>/checkpoint-*``; a rerun resumes from the last one and skips finished stages.
+The result is a stack folder that :meth:`FSLMChain.from_pretrained` loads. Works under
+``accelerate launch`` / ``torchrun`` (DDP): every rank trains, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from langchain_fslm.engine.base import GenerationConfig
+from langchain_fslm.errors import InvalidInputError
+from langchain_fslm.manifest import StackManifest, StageSpec, dump_manifest, write_stack_atomically
+from langchain_fslm.models import BaseModelRef
+from langchain_fslm.training.config import TrainConfig
+
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt_neox": ["query_key_value"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn"],
+    "phi3": ["qkv_proj"],
+}
+"""LoRA target modules per ``config.model_type`` (override with ``TrainConfig.target_modules``)."""
+
+SINGLE_STAGE = StageSpec(
+    name="answer",
+    prompt="{input}",
+    output_type="answer",
+    generation=GenerationConfig(max_new_tokens=128, repetition_penalty=1.1),
+)
+"""The single-model baseline: one stage, instruction -> answer."""
+
+TRAIN_LOG = "training_log.json"
+
+
+class TrainResult(BaseModel):
+    """What a training run produced.
+
+    Attributes:
+        stack: The stack folder written (None on non-main DDP ranks).
+        losses: Per stage, the logged training losses in order.
+        wall_s: Per stage, training wall time in seconds (of the run that finished the stage; a resumed
+            stage counts only the resumed part).
+        examples: Per stage, the number of training examples.
+    """
+
+    stack: Path | None = None
+    losses: dict[str, list[float]] = Field(default_factory=dict)
+    wall_s: dict[str, float] = Field(default_factory=dict)
+    examples: dict[str, int] = Field(default_factory=dict)
+
+
+def lora_targets(model: Any, override: Sequence[str] | None = None) -> list[str]:
+    """The LoRA target modules for a model: ``override``, else by architecture.
+
+    Raises:
+        InvalidInputError: For an architecture without a default (pass ``target_modules``).
+    """
+    if override:
+        return list(override)
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in LORA_TARGETS:
+        raise InvalidInputError(
+            f"no default LoRA targets for model type {model_type!r}; pass target_modules "
+            f"(known: {sorted(LORA_TARGETS)})"
+        )
+    return LORA_TARGETS[model_type]
+
+
+def encode_example(
+    engine: Any, prompt: str, target: str, max_length: int, system: str | None = None
+) -> dict[str, list[int]]:
+    """Token ids and labels of one example; labels are -100 on the prompt (loss on the target only)."""
+    tok = engine.tokenizer
+    prompt_ids = tok(engine.render(prompt, system), add_special_tokens=False)["input_ids"]
+    target_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = (prompt_ids + target_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + target_ids)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+class _Collator:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [-100] * pad)
+            mask.append([1] * len(r["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+def _train_adapter(
+    stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
+) -> tuple[list[float], float, bool]:
+    """Train (or resume) one stage's adapter; returns its losses, wall time and whether this is rank 0."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    work = config.resolved_work_dir()
+    stage_dir = work / stage
+    final = work / "adapters" / stage
+    log_file = stage_dir / "loss.json"
+    if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
+        done = json.loads(log_file.read_text())
+        return done["losses"], float(done.get("wall_s", 0.0)), True
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    set_seed(config.seed)
+    engine = LocalEngine.from_ref(BaseModelRef(source=config.base))
+    data = [encode_example(engine, p, t, config.max_length, system) for p, t in examples]
+    data = [d for d in data if any(label != -100 for label in d["labels"])]
+    if not data:
+        raise InvalidInputError(f"stage {stage!r}: no example has target tokens within max_length")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_targets(engine.model, config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(engine.model, lora)
+    args = TrainingArguments(
+        output_dir=str(stage_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,  # CPU DDP
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,  # type: ignore[arg-type]
+        data_collator=_Collator(engine.tokenizer.pad_token_id),
+    )
+    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - start
+    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    main = trainer.is_world_process_zero()
+    if main:
+        model.save_pretrained(str(final), safe_serialization=True)
+        log_file.write_text(
+            json.dumps({"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history})
+        )
+    trainer.accelerator.wait_for_everyone()
+    return losses, wall, main
+
+
+def _train(
+    specs: Sequence[StageSpec],
+    examples: dict[str, list[tuple[str, str]]],
+    config: TrainConfig,
+    name: str,
+    progress: bool,
+) -> TrainResult:
+    result = TrainResult()
+    main = True
+    for spec in specs:
+        pairs = examples[spec.name]
+        losses, wall, main = _train_adapter(spec.name, pairs, spec.system, config, progress)
+        result.losses[spec.name] = losses
+        result.wall_s[spec.name] = wall
+        result.examples[spec.name] = len(pairs)
+    if not main:
+        return result
+    work = config.resolved_work_dir()
+    manifest = StackManifest(
+        name=name,
+        base_model=BaseModelRef(source=config.base),
+        stages=[s.model_copy(update={"adapter": f"adapters/{s.name}"}) for s in specs],
+        description=f"Trained by langchain-fslm from {config.handoffs}",
+    )
+
+    def fill(tmp: Path) -> None:
+        for spec in specs:
+            shutil.copytree(work / "adapters" / spec.name, tmp / "adapters" / spec.name)
+        dump_manifest(manifest, tmp)
+        log = {"config": config.model_dump(mode="json"), **result.model_dump(mode="json", exclude={"stack"})}
+        (tmp / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n")
+
+    result.stack = write_stack_atomically(config.out, fill)
+    return result
+
+
+def _records(config: TrainConfig) -> list[dict[str, Any]]:
+    from langchain_fslm.training.distill import read_records
+
+    records = read_records(config.handoffs)
+    if not records:
+        raise InvalidInputError(f"{config.handoffs}: no records")
+    return records
+
+
+def train_stack(
+    config: TrainConfig, stages: Sequence[StageSpec] | None = None, progress: bool = True
+) -> TrainResult:
+    """Train one LoRA adapter per stage on the distilled records and write the stack folder.
+
+    Args:
+        config: Run settings (handoffs file, base model, output folder, LoRA and Trainer settings).
+        stages: Stage specs written into the stack (default: the four default roles); only stages
+            present in the records (and in ``config.stages``, if set) are trained.
+        progress: Show the Trainer's progress bars.
+
+    Returns:
+        The stack folder, per-stage losses and wall times.
+    """
+    from langchain_fslm.roles import default_stage_specs
+
+    records = _records(config)
+    specs = list(stages or default_stage_specs(config.max_new_tokens))
+    present = set(records[0]["stages"])
+    wanted = set(config.stages) if config.stages else present
+    unknown = wanted - {s.name for s in specs}
+    if unknown:
+        raise InvalidInputError(f"unknown stage(s) {sorted(unknown)}; stack has {[s.name for s in specs]}")
+    specs = [s for s in specs if s.name in wanted and s.name in present]
+    if not specs:
+        raise InvalidInputError(f"{config.handoffs}: records hold no stage of {sorted(wanted)}")
+    examples = {
+        s.name: [(r["stages"][s.name]["prompt"], r["stages"][s.name]["target"]) for r in records]
+        for s in specs
+    }
+    return _train(specs, examples, config, "fslm-stack", progress)
+
+
+def train_single_lora(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train the single-model baseline: one LoRA on request -> reference answer, same records.
+
+    Returns:
+        A one-stage stack (stage ``answer``, prompt ``{input}``).
+    """
+    records = _records(config)
+    examples = {"answer": [(r["input"], r["reference"]) for r in records]}
+    return _train([SINGLE_STAGE], examples, config, "single-lora", progress)
