@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from langchain_fslm import export_vllm
+from langchain_fslm import cli_training, export_vllm
+from langchain_fslm.evaluation import commands as eval_commands
 
 app = typer.Typer(
     help="Fine-tuned stacks of small language models (FSLM) for LangChain.",
@@ -93,12 +94,8 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
 
 
 app.add_typer(export_vllm.export_app, name="export")
-from langchain_fslm.evaluation import commands as _eval_commands  # noqa: E402
-
-app.command("eval")(_eval_commands.eval_command)
-app.command("compare")(_eval_commands.compare_command)
-from langchain_fslm import cli_training  # noqa: E402
-
+app.command("eval")(eval_commands.eval_command)
+app.command("compare")(eval_commands.compare_command)
 app.command()(cli_training.distill)
 app.command()(cli_training.train)
 app.command()(cli_training.heldout)
