@@ -23,6 +23,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
+from tqdm import tqdm
 
 from langchain_fslm.evaluation.langchain_lm import output_text
 from langchain_fslm.evaluation.runner import wilson_interval
@@ -51,13 +52,27 @@ def chain_inputs(item: Item) -> dict[str, Any]:
 
 
 def parse_choice(text: str, choices: Sequence[str]) -> int | None:
-    """The option an answer picks: its first standalone letter, else the one option it quotes."""
+    """The option an answer picks.
+
+    In order: ``answer is X``; a leading ``X.``/``(X)``/``X)``; any ``X.``/``(X)``; the one option it
+    quotes; any standalone capital letter of an option.
+    """
     letters = LETTERS[: len(choices)]
-    match = re.search(rf"\b([{letters}])\b", text.strip())
-    if match:
-        return letters.index(match.group(1))
+    text = text.strip()
+    patterns = (
+        rf"answer is:?\s*\(?([{letters}])\b",
+        rf"^\(?([{letters}])(?:[.):]|$)",
+        rf"\(([{letters}])\)|\b([{letters}])[.)]",
+    )
+    for pattern in patterns:
+        match = re.search(pattern, text)
+        if match:
+            return letters.index(next(g for g in match.groups() if g))
     quoted = [i for i, c in enumerate(choices) if c and c.lower() in text.lower()]
-    return quoted[0] if len(quoted) == 1 else None
+    if len(quoted) == 1:
+        return quoted[0]
+    match = re.search(rf"\b([{letters}])\b", text)
+    return letters.index(match.group(1)) if match else None
 
 
 def is_correct(item: Item, answer: str) -> tuple[bool, Any]:
@@ -217,7 +232,7 @@ def run_model(
         records, latencies = [], []
         tokens_in = tokens_out = 0
         counted = True
-        for item in items:
+        for item in tqdm(items, desc=f"compare {model.label}"):
             counter = UsageCounter(model.tokenizer)
             start = time.perf_counter()
             answer = output_text(chain.invoke(chain_inputs(item), config={"callbacks": [counter]}))

@@ -195,6 +195,8 @@ def test_helpers():
     assert parse_choice("B. because", ["x", "y", "z"]) == 1
     assert parse_choice("it is the mat", ["the mat", "the hat"]) == 0
     assert parse_choice("no idea", ["x", "y"]) is None
+    assert parse_choice("A fridge keeps it cold, so the answer is (C)", ["x", "y", "z"]) == 2
+    assert parse_choice("A fridge keeps food cold", ["an oven", "a fridge"]) == 1
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
     assert percentile([], 95) is None
 
