@@ -1,7 +1,7 @@
 """Every ```python block in docs/*.md and README.md runs (on the real default stack).
 
 The blocks of one page run in order in one namespace, in a temporary working directory. A block that
-should not run must be fenced as something other than python.
+should not run (it needs a server, a trained stack or a long run) is fenced as `py`, not `python`.
 """
 
 from __future__ import annotations
