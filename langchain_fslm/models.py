@@ -179,8 +179,30 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+def _file_hash(path: Path) -> str:
+    """The file's sha256, remembered per (path, size, mtime) so a second load does not re-read it."""
+    stat = path.stat()
+    memo = cache_dir() / "gguf" / "hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return str(known[key])
+    digest = _sha256(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: digest}), "utf-8")
+        os.replace(tmp, memo)
+    except OSError as err:  # a read-only cache only costs speed
+        logger.warning("Could not remember the hash of %s: %s", path, err)
+    return digest
+
+
 def _gguf_cache_folder(gguf_path: Path) -> Path:
-    return cache_dir() / "gguf" / _sha256(gguf_path)[:32]
+    return cache_dir() / "gguf" / _file_hash(gguf_path)[:32]
 
 
 def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import json
+
+from langchain_fslm import models
+
+
+def test_file_hash_is_remembered_and_invalidated_by_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLM_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"abc")
+    first = models._file_hash(f)
+    assert first == models._sha256(f)
+    memo = json.loads((tmp_path / "cache" / "gguf" / "hashes.json").read_text())
+    assert list(memo.values()) == [first]
+    calls = []
+    monkeypatch.setattr(models, "_sha256", lambda p: calls.append(p) or "x")
+    assert models._file_hash(f) == first and calls == []  # remembered: the file is not re-read
+    f.write_bytes(b"abcd")  # size changes -> hashed again
+    assert models._file_hash(f) == "x" and calls == [f]
