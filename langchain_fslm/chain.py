@@ -157,16 +157,21 @@ class StageStep(RunnableSerializable[State, State]):
 
     def _batch(self, states: list[State], config: list[RunnableConfig]) -> list[State | Exception]:
         results = self.stage.run_batch([self._fields(s) for s in states])
-        out: list[State | Exception] = []
-        for state, result, cfg in zip(states, results, config, strict=True):
-            if isinstance(result, Exception):
-                out.append(result)
-                continue
-            new, event = self._advance(state, result)
-            dispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
-            trace_handoff(cfg, event)
-            out.append(new)
-        return out
+        rows = self._advance_rows(states, results)
+        for (_, event), cfg in zip(rows, config, strict=True):
+            if event is not None:
+                dispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+                trace_handoff(cfg, event)
+        return [new for new, _ in rows]
+
+    def _advance_rows(
+        self, states: list[State], results: list[StageResult | Exception]
+    ) -> list[tuple[State | Exception, dict[str, Any] | None]]:
+        """Per row: the new state and its handoff event, or the row's exception and no event."""
+        return [
+            (result, None) if isinstance(result, Exception) else self._advance(state, result)
+            for state, result in zip(states, results, strict=True)
+        ]
 
     async def abatch(
         self,
@@ -188,16 +193,12 @@ class StageStep(RunnableSerializable[State, State]):
 
     async def _abatch(self, states: list[State], config: list[RunnableConfig]) -> list[State | Exception]:
         results = await run_in_executor(config[0], self.stage.run_batch, [self._fields(s) for s in states])
-        out: list[State | Exception] = []
-        for state, result, cfg in zip(states, results, config, strict=True):
-            if isinstance(result, Exception):
-                out.append(result)
-                continue
-            new, event = self._advance(state, result)
-            await adispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
-            trace_handoff(cfg, event)
-            out.append(new)
-        return out
+        rows = self._advance_rows(states, results)
+        for (_, event), cfg in zip(rows, config, strict=True):
+            if event is not None:
+                await adispatch_custom_event(HANDOFF_EVENT, event, config=cfg)
+                trace_handoff(cfg, event)
+        return [new for new, _ in rows]
 
     # ----------------------------------------------------------------------------- streaming
     def _finish_stream(self, state: State, raw: str, elapsed: float) -> tuple[State, dict[str, Any]]:
