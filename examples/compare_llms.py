@@ -20,23 +20,12 @@ PROMPT = ChatPromptTemplate.from_template("Answer briefly: {question}")
 
 
 def bare_base_model(max_new_tokens: int) -> Any:
-    """The stack's base model alone (SmolLM2-135M-Instruct), as ChatHuggingFace over a pipeline."""
-    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
-    from transformers import pipeline
+    """The stack's base model alone (SmolLM2-135M-Instruct): langchain-huggingface's ChatHuggingFace over a
+    transformers pipeline on its own copy of the weights (no adapters), greedy."""
+    from langchain_fslm.evaluation.specs import huggingface_model
 
-    from langchain_fslm.models import BaseModelRef, load_base_model
-
-    model, tokenizer = load_base_model(BaseModelRef())
-    pipe = pipeline(
-        "text-generation",
-        model=model,
-        tokenizer=tokenizer,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        repetition_penalty=1.1,
-        return_full_text=False,
-    )
-    return ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe), tokenizer=tokenizer)
+    model, _ = huggingface_model(max_new_tokens=max_new_tokens)
+    return model
 
 
 def models(max_new_tokens: int) -> dict[str, Any]:
