@@ -92,6 +92,9 @@ def train(
     save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per example.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Training seed.")] = None,
+    bf16: Annotated[
+        Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast (default: where fast).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one LoRA per stage (or one single LoRA) and write a stack folder; resumes if killed."""
@@ -116,6 +119,7 @@ def train(
                 "save_steps": save_steps,
                 "max_length": max_length,
                 "seed": seed,
+                "bf16": bf16,
                 "target_modules": target_modules.split(",") if target_modules else None,
             },
         )

@@ -66,6 +66,17 @@ class TrainResult(BaseModel):
     examples: dict[str, int] = Field(default_factory=dict)
 
 
+def use_bf16(setting: bool | None = None) -> bool:
+    """Whether to train under bf16 autocast: the setting, or where the hardware runs bf16 fast."""
+    if setting is not None:
+        return setting
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def lora_targets(model: Any, override: Sequence[str] | None = None) -> list[str]:
     """The LoRA target modules for a model: ``override``, else by architecture.
 
@@ -166,6 +177,8 @@ def _train_adapter(
         remove_unused_columns=False,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        bf16=use_bf16(config.bf16),
+        use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,  # CPU DDP
     )

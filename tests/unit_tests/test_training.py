@@ -297,3 +297,12 @@ def test_heldout_scores_answers_and_reference_likelihood(tiny_engine):
     assert result.n == 3 and result.failed == 0 and 0.0 <= result.rouge_l <= 1.0
     assert result.loglik_per_token < 0  # a random tiny model: far from certain of the reference
     assert len(result.samples) == 3 and result.samples[0]["reference"] == ROWS[0]["output"]
+
+
+def test_bf16_setting_wins_over_detection():
+    from langchain_fslm.training.config import TrainConfig
+    from langchain_fslm.training.finetune import use_bf16
+
+    assert use_bf16(True) is True and use_bf16(False) is False
+    assert isinstance(use_bf16(None), bool)
+    assert TrainConfig(handoffs="h.jsonl", bf16=False).bf16 is False
