@@ -26,6 +26,8 @@ class HeldoutResult(BaseModel):
         failed: Records where a stage raised (unparseable output): scored ROUGE-L 0, no log-likelihood.
         wall_s: Evaluation wall time.
         samples: The first few (request, answer, reference) triples, for reading.
+        rouge_l_per_record: ROUGE-L of every record, in order (for paired comparisons).
+        loglik_per_record: Per-token log-likelihood of every record, in order (None where it failed).
     """
 
     system: str
@@ -35,6 +37,8 @@ class HeldoutResult(BaseModel):
     failed: int = 0
     wall_s: float
     samples: list[dict[str, str]] = Field(default_factory=list)
+    rouge_l_per_record: list[float] = Field(default_factory=list)
+    loglik_per_record: list[float | None] = Field(default_factory=list)
 
 
 def _text(value: Any) -> str:
@@ -63,7 +67,7 @@ def evaluate_chain(
     last = chain.stages[-1]
     engine = last.engine
     rouge: list[float] = []
-    loglik: list[float] = []
+    loglik: list[float | None] = []
     samples: list[dict[str, str]] = []
     failed = 0
     start = time.perf_counter()
@@ -83,17 +87,24 @@ def evaluate_chain(
             rouge.append(scorer.score(str(row["output"]), out.output)["rougeL"].fmeasure)
             if len(samples) < 3:
                 samples.append({"request": req, "answer": out.output, "reference": str(row["output"])})
-        scores = engine.loglikelihood(pairs, adapter=last.adapter, batch_size=batch_size) if pairs else []
-        for logprob, _, n in scores:
-            loglik.append(logprob / n)
+        scores = iter(engine.loglikelihood(pairs, adapter=last.adapter, batch_size=batch_size))
+        for out in outputs:  # in record order: None where the stack failed
+            if isinstance(out, Exception):
+                loglik.append(None)
+            else:
+                logprob, _, n = next(scores)
+                loglik.append(logprob / n)
+    scored = [x for x in loglik if x is not None]
     return HeldoutResult(
         system=system,
         n=len(rouge),
         rouge_l=sum(rouge) / max(1, len(rouge)),
-        loglik_per_token=sum(loglik) / max(1, len(loglik)),
+        loglik_per_token=sum(scored) / max(1, len(scored)),
         failed=failed,
         wall_s=time.perf_counter() - start,
         samples=samples,
+        rouge_l_per_record=rouge,
+        loglik_per_record=loglik,
     )
 
 

@@ -297,6 +297,9 @@ def test_heldout_scores_answers_and_reference_likelihood(tiny_engine):
     assert result.n == 3 and result.failed == 0 and 0.0 <= result.rouge_l <= 1.0
     assert result.loglik_per_token < 0  # a random tiny model: far from certain of the reference
     assert len(result.samples) == 3 and result.samples[0]["reference"] == ROWS[0]["output"]
+    per_record = [x for x in result.loglik_per_record if x is not None]
+    assert len(result.rouge_l_per_record) == len(per_record) == 3
+    assert abs(sum(per_record) / 3 - result.loglik_per_token) < 1e-9
 
 
 def test_bf16_setting_wins_over_detection():

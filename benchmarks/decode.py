@@ -1,0 +1,99 @@
+"""Batch-1 decode against the bandwidth bound: where the time of one token goes, and what compiling buys.
+
+    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/decode.py [--tokens 64]
+
+On the embedded SmolLM2-135M-Instruct (fp32), side by side in one run: the machine's read bandwidth and
+the bound it puts on batch-1 decoding (weights read once per token); plain ``model.generate``; the
+same with a static KV cache; static cache plus ``torch.compile`` (transformers' ``CompileConfig``,
+compile time reported separately); and the time of a bare forward pass of one token (no ``generate``
+loop around it). Greedy outputs of the variants are compared. Writes ``benchmarks/results/decode.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, report  # noqa: E402
+from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import CompileConfig, DynamicCache
+
+    from langchain_fslm.models import BaseModelRef, load_base_model
+
+    model, tokenizer = load_base_model(BaseModelRef())
+    model.eval()
+    ids = tokenizer(PROMPTS[1], return_tensors="pt")
+    n = args.tokens
+
+    def generate(tokens: int, **kwargs: Any) -> tuple[float, Any]:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            greedy = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+            out = model.generate(**ids, **greedy, **kwargs)
+            return time.perf_counter() - start, out
+
+    def rate(**kwargs: Any) -> float:
+        """Decode tokens/s without the prefill: (n-token time - 1-token time) / (n - 1), best of 2."""
+        t1 = min(generate(1, **kwargs)[0] for _ in range(2))
+        tn = min(generate(n, **kwargs)[0] for _ in range(2))
+        return (n - 1) / (tn - t1)
+
+    def forward_rate() -> float:
+        """One-token forward passes on a warm cache, no generate loop: the model's own cost."""
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            model(**ids, past_key_values=cache, use_cache=True)
+            token = ids["input_ids"][:, -1:]
+            start = time.perf_counter()
+            for _ in range(n):
+                model(input_ids=token, past_key_values=cache, use_cache=True)
+            return n / (time.perf_counter() - start)
+
+    out: dict[str, Any] = {"machine": machine(), "tokens": n}
+    out["bandwidth_gbs"] = bandwidth_gbs()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
+    out["plain_tps"] = rate()
+    out["forward_only_tps"] = forward_rate()
+    out["static_tps"] = rate(cache_implementation="static")
+    compile_config = CompileConfig(fullgraph=False, dynamic=False)
+    compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    start = time.perf_counter()
+    generate(8, cache_implementation="static", compile_config=compile_config)
+    out["compile_s"] = time.perf_counter() - start
+    out["compiled_tps"] = rate(cache_implementation="static", compile_config=compile_config)
+    plain = generate(n)[1]
+    compiled = generate(n, cache_implementation="static", compile_config=compile_config)[1]
+    out["identical"] = bool(torch.equal(plain, compiled))
+
+    def share(key: str) -> str:
+        return f"{out[key]:.1f} ({out[key] / out['bound_tps']:.0%} of bound)"
+
+    rows = [
+        ("read bandwidth (GB/s)", f"{out['bandwidth_gbs']:.1f}", ""),
+        ("bandwidth bound, fp32 (tok/s)", f"{out['bound_tps']:.1f}", ""),
+        ("plain generate (tok/s)", share("plain_tps"), ">= 80%"),
+        ("forward pass alone (tok/s)", share("forward_only_tps"), ""),
+        ("static cache (tok/s)", share("static_tps"), ""),
+        ("static + torch.compile (tok/s)", share("compiled_tps"), ""),
+        ("torch.compile warm-up (s)", f"{out['compile_s']:.1f}", ""),
+        ("compiled == plain output", str(out["identical"]), "True"),
+    ]
+    report("decode", rows, out)
+
+
+if __name__ == "__main__":
+    main()
