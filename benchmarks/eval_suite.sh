@@ -2,13 +2,15 @@
 # The 100-item suite numbers of docs/results.md: base zero-shot, single LoRA and FSLM stack, scored by
 # `fslm eval` on the six log-likelihood tasks (seeded 100-item samples, seed 1234).
 # Usage: benchmarks/eval_suite.sh [RUNS_DIR] [OUT_DIR]   (RUNS_DIR as written by train_heldout.sh)
-# env: LIMIT (items per task, default: the whole 100-item sample), SYSTEMS (which runs, in order)
+# env: LIMIT (items per task, default: the whole 100-item sample), SYSTEMS (which runs, in order),
+#      TASKS (comma-separated, default: fslm eval's six log-likelihood tasks; e.g. TASKS=gsm8k)
 set -euo pipefail
 RUNS=${1:-/work/runs3}
 OUT=${2:-docs/eval-results/suite100}
 FSLM=${FSLM:-"python -m langchain_fslm.cli"}
 SYSTEMS=${SYSTEMS:-"base-raw single-lora-chat fslm-stack base-chat fslm-stack-answer-raw single-lora-raw"}
 limit=(); [ -z "${LIMIT:-}" ] || limit=(--limit "$LIMIT")
+tasks=(); [ -z "${TASKS:-}" ] || tasks=(--tasks "$TASKS")
 mkdir -p "$OUT"
 
 # The bare base model behind the single LoRA's own one-stage prompt (chat template, no adapter).
@@ -38,6 +40,6 @@ for sys in $SYSTEMS; do
   esac
   [ -f "$OUT/$sys/results.json" ] && { echo "skip $sys (done)"; continue; }
   start=$(date +%s)
-  $FSLM eval "${args[@]}" "${limit[@]}" --out "$OUT/$sys"
+  $FSLM eval "${args[@]}" "${tasks[@]}" "${limit[@]}" --out "$OUT/$sys"
   echo "$sys: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_times.txt"
 done
