@@ -95,6 +95,9 @@ def train(
     bf16: Annotated[
         Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast (default: where fast).")
     ] = None,
+    group_by_length: Annotated[
+        Optional[bool], typer.Option("--group-by-length", help="Batch records of similar length.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one LoRA per stage (or one single LoRA) and write a stack folder; resumes if killed."""
@@ -120,6 +123,7 @@ def train(
                 "max_length": max_length,
                 "seed": seed,
                 "bf16": bf16,
+                "group_by_length": group_by_length,
                 "target_modules": target_modules.split(",") if target_modules else None,
             },
         )

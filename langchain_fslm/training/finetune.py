@@ -178,6 +178,7 @@ def _train_adapter(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         bf16=use_bf16(config.bf16),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,  # CPU DDP

@@ -204,6 +204,7 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
             str(tmp_path / "single"),
             "--max-steps",
             "1",
+            "--group-by-length",
         ],
     )
     assert result.exit_code == 0, result.output
