@@ -40,12 +40,26 @@ def random_lora(model: Any, folder: Path, seed: int, targets: list[str], scale: 
     return folder
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     """What the figures came from."""
     import torch
 
+    from langchain_fslm.training.finetune import use_bf16
+
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "fast_bf16": use_bf16(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg_at_start": os.getloadavg()[0],
