@@ -94,17 +94,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--variants", help="comma-separated, from: " + ", ".join(VARIANTS))
     args = parser.parse_args()
+    variants = args.variants.split(",") if args.variants else []
+    if variants and ("fp32" not in variants or set(variants) - set(VARIANTS)):
+        parser.error(f"--variants must include fp32 and name only: {', '.join(VARIANTS)}")
     texts = records(args.steps * args.batch)
     out: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
-    if args.variants:
-        variants = args.variants.split(",")
-    elif out["machine"]["fast_bf16"]:
+    if not variants and out["machine"]["fast_bf16"]:
         variants = ["fp32", "bf16", "bf16+length-grouping"]
-    else:
+    elif not variants:
         print("no fast bf16 on this machine (AVX512-BF16/AMX or a bf16 GPU): fp32 variants only")
         variants = ["fp32", "fp32+length-grouping"]
-    if "fp32" not in variants or set(variants) - set(VARIANTS):
-        parser.error(f"--variants must include fp32 and name only: {', '.join(VARIANTS)}")
     for variant in variants:
         out[variant] = train(variant, texts, args)
         print(variant, out[variant], flush=True)
