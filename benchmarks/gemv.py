@@ -1,0 +1,94 @@
+"""The matmul kernels' ceiling for batch-1 decode: how fast PyTorch reads the model's weights.
+
+    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/gemv.py
+
+Batch-1 decoding multiplies one activation row by every weight matrix of the model, so it cannot be
+faster than the time these matrix-vector products take on their own, with nothing else of the model
+around them. This script runs exactly that, over the embedded SmolLM2-135M-Instruct's real weights (all
+210 projection matrices plus the tied 49152x576 output head, about 540 MB in fp32, far more than the
+CPU caches hold), and reports the bytes read per second against the machine's read bandwidth
+(a ``sum`` over 512 MiB, as in ``inference.py``):
+
+- fp32 as stored (``F.linear``, what transformers runs),
+- fp32 stored input-major (``x @ W.T`` with ``W.T`` contiguous: the same products, another BLAS kernel),
+- bf16 weights (``F.linear``; half the bytes),
+
+each for one row (batch-1 decode) and eight rows (a ``batch()`` of 8). The "ceiling" rows turn the
+one-row time into tokens/s: the best any decode loop on these kernels could do. Writes
+``benchmarks/results/gemv.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, report  # noqa: E402
+from benchmarks.inference import bandwidth_gbs  # noqa: E402
+
+
+def best_time(run: Callable[[], object], repeats: int = 3) -> float:
+    """Best wall time of ``run`` after one warm-up call."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from langchain_fslm.models import BaseModelRef, load_base_model
+
+    model, _ = load_base_model(BaseModelRef())
+    weights: dict[int, torch.Tensor] = {}  # by storage, so the tied head counts once
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weights[module.weight.data_ptr()] = module.weight.detach()
+    stored = list(weights.values())
+    variants = {
+        "fp32 as stored": [(w, False) for w in stored],
+        "fp32 input-major": [(w.t().contiguous(), True) for w in stored],
+        "bf16 weights": [(w.to(torch.bfloat16), False) for w in stored],
+    }
+    out: dict[str, Any] = {"machine": machine(), "bandwidth_gbs": bandwidth_gbs(), "matrices": len(stored)}
+    fp32_bytes = sum(w.numel() * 4 for w in stored)
+    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / fp32_bytes
+    rows = [
+        ("read bandwidth (GB/s)", f"{out['bandwidth_gbs']:.1f}", ""),
+        ("bound, fp32 weights (tok/s)", f"{out['bound_tps']:.1f}", ""),
+    ]
+    with torch.inference_mode():
+        for name, mats in variants.items():
+            nbytes = sum(w.numel() * w.element_size() for w, _ in mats)
+            for rows_in in (1, 8):
+                inputs = {n: torch.randn(rows_in, n, dtype=mats[0][0].dtype) for n in {576, 1536}}
+
+                def run(mats: list[tuple[torch.Tensor, bool]] = mats, x: Any = inputs) -> None:
+                    for w, input_major in mats:
+                        _ = x[w.shape[0]] @ w if input_major else F.linear(x[w.shape[1]], w)
+
+                seconds = best_time(run)
+                gbs = nbytes / seconds / 1e9
+                key = f"{name}, {rows_in} row{'s' if rows_in > 1 else ''}"
+                out[key] = {"seconds": seconds, "gbs": gbs, "of_bandwidth": gbs / out["bandwidth_gbs"]}
+                rows.append((f"{key} (GB/s read)", f"{gbs:.1f} ({gbs / out['bandwidth_gbs']:.0%})", ""))
+                if rows_in == 1:
+                    ceiling = 1 / seconds
+                    out[key]["ceiling_tps"] = ceiling
+                    share = f"{ceiling:.1f} ({ceiling / out['bound_tps']:.0%} of fp32 bound)"
+                    rows.append((f"  ceiling, {name} (tok/s)", share, ""))
+    report("gemv", rows, out)
+
+
+if __name__ == "__main__":
+    main()
