@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,18 @@ def report(name: str, rows: list[tuple[str, str, str]], data: dict[str, Any]) ->
     os.replace(tmp, path)
     print(f"\nwrote {path}")
     return path
+
+
+def bootstrap_ci(groups: list[list[float]], rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean over groups of each group's mean.
+
+    Each round resamples every group's values with replacement, within the group (items stay in their
+    task). Pass per-record differences of two systems to get a paired interval of the difference.
+    """
+    rng = random.Random(seed)
+    means = []
+    for _ in range(rounds):
+        per_group = [sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in groups]
+        means.append(sum(per_group) / len(per_group))
+    means.sort()
+    return means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]

@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+import sys
 from pathlib import Path
 from typing import Any
 
-ROUNDS = 10_000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import bootstrap_ci  # noqa: E402
 
 
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def bootstrap(xs: list[float], ys: list[float] | None = None, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of mean(xs) (or of mean(xs - ys), records paired) over resamples."""
-    rng = random.Random(seed)
-    diffs = xs if ys is None else [x - y for x, y in zip(xs, ys, strict=True)]
-    n = len(diffs)
-    means = sorted(mean([diffs[rng.randrange(n)] for _ in range(n)]) for _ in range(ROUNDS))
-    return means[int(0.025 * ROUNDS)], means[int(0.975 * ROUNDS) - 1]
+def bootstrap(xs: list[float], ys: list[float] | None = None) -> tuple[float, float]:
+    """95% interval of mean(xs), or of mean(xs - ys) with records paired."""
+    return bootstrap_ci([xs if ys is None else [x - y for x, y in zip(xs, ys, strict=True)]])
 
 
 def fmt(row: dict[str, Any], key: str) -> str:

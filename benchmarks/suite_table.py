@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+import sys
 from pathlib import Path
 from typing import Any
 
-ROUNDS = 10_000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import bootstrap_ci  # noqa: E402
 
 
 def correct(result: dict[str, Any], task: str) -> list[float]:
@@ -25,20 +27,9 @@ def correct(result: dict[str, Any], task: str) -> list[float]:
     return [float(item[key]) for item in result["items"][task]]
 
 
-def paired_diff_ci(
-    mine: dict[str, list[float]], ref: dict[str, list[float]], seed: int = 0
-) -> tuple[float, float]:
+def paired_diff_ci(mine: dict[str, list[float]], ref: dict[str, list[float]]) -> tuple[float, float]:
     """95% interval of the difference in mean-over-tasks accuracy, items resampled within each task."""
-    rng = random.Random(seed)
-    diffs = {t: [a - b for a, b in zip(mine[t], ref[t], strict=True)] for t in mine}
-    means = []
-    for _ in range(ROUNDS):
-        per_task = []
-        for d in diffs.values():
-            per_task.append(sum(d[rng.randrange(len(d))] for _ in d) / len(d))
-        means.append(sum(per_task) / len(per_task))
-    means.sort()
-    return means[int(0.025 * ROUNDS)], means[int(0.975 * ROUNDS) - 1]
+    return bootstrap_ci([[a - b for a, b in zip(mine[t], ref[t], strict=True)] for t in mine])
 
 
 def main() -> None:
