@@ -1,8 +1,10 @@
 """Micro-batching: concurrent callers share one model call instead of queueing behind a lock.
 
 Each caller submits a *job* (a list of items). Whoever holds the model lock runs every job that is
-waiting at that moment (after a short collection window) as one call; callers whose job was run by
-someone else just pick up their results. No background thread is started: the callers themselves
+waiting as one call; callers whose job was run by someone else just pick up their results. Before
+running, the leader collects: it waits one short window, and again as long as new jobs keep arriving
+(up to ``max_wait_s`` in all), so a burst of callers that start together share one call even when
+their arrivals are spread over a few milliseconds. No background thread is started: the callers themselves
 take turns leading. Jobs are taken first come, first served, so every job eventually runs.
 """
 
@@ -33,8 +35,10 @@ class MicroBatcher(Generic[T, R]):
     Args:
         run: Processes a list of items and returns one result per item, in order.
         lock: The lock that guards the model (held while ``run`` executes).
-        window_s: How long a leader waits for more callers before running (0: take what is waiting).
+        window_s: How long a leader waits for more callers before running, and again after each
+            window in which new jobs arrived (0: take what is waiting, no waiting).
         max_items: Most items per ``run`` call (a single larger job still runs whole).
+        max_wait_s: Longest a leader keeps collecting (default: 10 windows).
 
     Example:
         .. code-block:: python
@@ -50,13 +54,15 @@ class MicroBatcher(Generic[T, R]):
         lock: threading.RLock | None = None,
         window_s: float = 0.002,
         max_items: int = 32,
+        max_wait_s: float | None = None,
     ) -> None:
-        if window_s < 0 or max_items < 1:
-            raise ValueError("window_s must be >= 0 and max_items >= 1")
+        if window_s < 0 or max_items < 1 or (max_wait_s is not None and max_wait_s < 0):
+            raise ValueError("window_s and max_wait_s must be >= 0 and max_items >= 1")
         self.run = run
         self.lock = lock or threading.RLock()
         self.window_s = window_s
         self.max_items = max_items
+        self.max_wait_s = 10 * window_s if max_wait_s is None else max_wait_s
         self.calls = 0  # number of ``run`` calls made (for tests and benchmarks)
         self._pending: list[_Job[T, R]] = []
         self._pending_lock = threading.Lock()
@@ -80,12 +86,28 @@ class MicroBatcher(Generic[T, R]):
             with self.lock:
                 if job.done:
                     break
-                if self.window_s:
-                    time.sleep(self.window_s)
+                self._collect()
                 self._run(self._take())
         if job.error is not None:
             raise job.error
         return job.results
+
+    def _pending_items(self) -> int:
+        with self._pending_lock:
+            return sum(len(job.items) for job in self._pending)
+
+    def _collect(self) -> None:
+        """Wait one window, then more windows while jobs keep arriving (bounded by ``max_wait_s``)."""
+        if not self.window_s:
+            return
+        deadline = time.monotonic() + self.max_wait_s
+        waiting = self._pending_items()
+        while waiting < self.max_items:
+            time.sleep(min(self.window_s, max(0.0, deadline - time.monotonic())))
+            now_waiting = self._pending_items()
+            if now_waiting == waiting or time.monotonic() >= deadline:
+                return
+            waiting = now_waiting
 
     def _take(self) -> list[_Job[T, R]]:
         with self._pending_lock:

@@ -83,7 +83,8 @@ class LocalEngine:
         base_ref: Where the model came from (kept for saving stacks).
         use_chat_template: Wrap prompts in the tokenizer's chat template. Default: when it has one.
         batch_window_ms: How long a caller waits for concurrent greedy requests to join its
-            ``generate`` call (0: only requests already waiting join). ``None`` turns micro-batching off.
+            ``generate`` call, and again while more keep arriving (at most 10 windows in all; 0: only
+            requests already waiting join). ``None`` turns micro-batching off.
         max_batch_size: Most rows per merged ``generate`` call.
         num_threads: Torch intra-op threads (process-wide; default: torch's choice, one per core).
     """

@@ -89,6 +89,33 @@ def test_batcher_isolates_a_failing_job():
         MicroBatcher(run, window_s=-1)
 
 
+def test_batcher_keeps_collecting_while_callers_arrive():
+    """Callers spread over more than one window, each within a window of the last, share one call."""
+    import threading
+    import time
+
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return [i + 1 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, window_s=0.03, max_wait_s=2.0)
+    results: dict[int, list[int]] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.submit([i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:  # arrivals 10 ms apart: 50 ms in all, more than one 30 ms window
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert results == {i: [i + 1] for i in range(6)}
+    assert sizes == [6]
+
+
 def test_sampled_requests_bypass_the_batcher_and_stay_reproducible(adapted):
     engine, names = adapted
     config = GenerationConfig(max_new_tokens=8, temperature=0.9, seed=7)
