@@ -98,6 +98,10 @@ def train(
     group_by_length: Annotated[
         Optional[bool], typer.Option("--group-by-length", help="Batch records of similar length.")
     ] = None,
+    padding_free: Annotated[
+        Optional[bool],
+        typer.Option("--padding-free/--padded", help="One flattened row per batch (default) or padding."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one LoRA per stage (or one single LoRA) and write a stack folder; resumes if killed."""
@@ -124,6 +128,7 @@ def train(
                 "seed": seed,
                 "bf16": bf16,
                 "group_by_length": group_by_length,
+                "padding_free": padding_free,
                 "target_modules": target_modules.split(",") if target_modules else None,
             },
         )

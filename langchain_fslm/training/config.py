@@ -88,6 +88,10 @@ class TrainConfig(BaseModel):
             such CPUs at the same loss (see docs/performance.md).
         group_by_length: Batch records of similar length together (less padding; 1.17x on a CPU in
             docs/performance.md). Off by default: it changes which records share a step.
+        padding_free: Join each batch's records into one row with restarting position ids, which
+            transformers turns into a block-diagonal causal mask: the same loss as padded batches,
+            no padding computed (see docs/performance.md). Falls back to padding, with a warning, for
+            architectures without that support.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,6 +117,7 @@ class TrainConfig(BaseModel):
     max_new_tokens: int | None = Field(default=None, ge=1)
     bf16: bool | None = None
     group_by_length: bool = False
+    padding_free: bool = True
 
     def resolved_work_dir(self) -> Path:
         """Where checkpoints go."""

@@ -11,8 +11,10 @@ The result is a stack folder that :meth:`FSLMChain.from_pretrained` loads. Works
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,8 @@ LORA_TARGETS: dict[str, list[str]] = {
     "phi3": ["qkv_proj"],
 }
 """LoRA target modules per ``config.model_type`` (override with ``TrainConfig.target_modules``)."""
+
+logger = logging.getLogger(__name__)
 
 SINGLE_STAGE = StageSpec(
     name="answer",
@@ -127,6 +131,39 @@ class _Collator:
         }
 
 
+def honours_packed_rows(model: Any) -> bool:
+    """Whether the model's attention keeps records apart when a batch is flattened into one row.
+
+    transformers' mask builder (``masking_utils.create_causal_mask``) turns position ids that restart
+    at 0 into a block-diagonal causal mask; architectures whose modelling code builds masks another
+    way would let one record attend to the previous one.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return module is not None and hasattr(module, "create_causal_mask")
+
+
+def make_collator(model: Any, pad_id: int, padding_free: bool) -> Any:
+    """The training collator: padding-free (one flattened row per batch) where sound, else padding.
+
+    Padding-free batches give the same loss as padded ones (no record sees another; tested) without
+    computing padding tokens. The model must run without a KV cache (``use_cache=False``), which is
+    what training does anyway.
+    """
+    from transformers import DataCollatorWithFlattening
+
+    if padding_free and honours_packed_rows(model):
+        model.config.use_cache = False
+        return DataCollatorWithFlattening()
+    if padding_free:
+        logger.warning(
+            "padding_free: %s builds its attention mask without transformers' packed-row support; "
+            "training with padded batches instead",
+            type(model).__name__,
+        )
+    return _Collator(pad_id)
+
+
 def _train_adapter(
     stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
 ) -> tuple[list[float], float, bool]:
@@ -187,7 +224,7 @@ def _train_adapter(
         model=model,
         args=args,
         train_dataset=data,  # type: ignore[arg-type]
-        data_collator=_Collator(engine.tokenizer.pad_token_id),
+        data_collator=make_collator(engine.model, engine.tokenizer.pad_token_id, config.padding_free),
     )
     last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
     start = time.perf_counter()

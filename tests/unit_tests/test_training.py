@@ -310,3 +310,39 @@ def test_bf16_setting_wins_over_detection():
     assert use_bf16(True) is True and use_bf16(False) is False
     assert isinstance(use_bf16(None), bool)
     assert TrainConfig(handoffs="h.jsonl", bf16=False).bf16 is False
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, caplog):
+    """One flattened row per batch (no padding computed) keeps records apart: the loss is unchanged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from langchain_fslm.engine.local import LocalEngine
+    from langchain_fslm.training.finetune import _Collator, encode_example, make_collator
+
+    engine = LocalEngine.from_ref(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = [
+        encode_example(engine, f"Question {i}: " + "why? " * i, "Because. " * (5 - i), max_length=64)
+        for i in range(1, 4)
+    ]
+    pad_id = engine.tokenizer.pad_token_id
+    flat = make_collator(model, pad_id, padding_free=True)
+    assert not isinstance(flat, _Collator) and model.config.use_cache is False
+    flat_batch = flat(rows)
+    assert flat_batch["input_ids"].shape[0] == 1  # one row, no padding
+    with torch.no_grad():
+        padded_loss = model(**_Collator(pad_id)(rows)).loss
+        flat_loss = model(**flat_batch).loss
+    assert torch.allclose(padded_loss, flat_loss, atol=1e-5)
+    with torch.no_grad():  # without position ids restarting, records would see each other
+        mixed = model(input_ids=flat_batch["input_ids"], labels=flat_batch["labels"]).loss
+    assert not torch.allclose(padded_loss, mixed, atol=1e-5)
+
+    class OtherModel:  # an architecture without transformers' packed-row masks
+        config = model.config
+
+    with caplog.at_level("WARNING"):
+        assert isinstance(make_collator(OtherModel(), pad_id, padding_free=True), _Collator)
+    assert "padded batches instead" in caplog.text
+    assert isinstance(make_collator(model, pad_id, padding_free=False), _Collator)
