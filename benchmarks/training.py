@@ -5,9 +5,12 @@
 Trainer + peft directly (the package's training module is not used, so this measures the settings,
 not our code): LoRA r=8 on q_proj/v_proj of the embedded SmolLM2-135M base, Alpaca records from
 ``shared/data/alpaca``. Variants (``--variants``): fp32; bf16 autocast; bf16 autocast + length grouping;
-fp32 + length grouping. By default the bf16 ones run only where the hardware runs bf16 fast (the
-``fslm train`` auto setting): elsewhere CPU bf16 is emulated and many times slower. Tokens/s counts
-real (non-padding) tokens. Prints a table, writes ``benchmarks/results/training.json``.
+fp32 + length grouping; fp32 or bf16 + padding-free (transformers' ``DataCollatorWithFlattening``: a batch's
+records joined into one row, position ids restarting per record, which transformers turns into a
+block-diagonal causal mask: the same loss as the padded batch, no padding computed). By default the
+bf16 ones run only where the hardware runs bf16 fast (the ``fslm train`` auto setting): elsewhere CPU
+bf16 is emulated and many times slower. Tokens/s counts real (non-padding) tokens. Prints a table,
+writes ``benchmarks/results/training.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, report  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bf16+length-grouping", "fp32+length-grouping")
+VARIANTS = (
+    "fp32",
+    "bf16",
+    "bf16+length-grouping",
+    "fp32+length-grouping",
+    "fp32+padding-free",
+    "bf16+padding-free",
+)
 
 
 def records(n: int) -> list[str]:
@@ -38,13 +48,19 @@ def train(variant: str, texts: list[str], args: argparse.Namespace) -> dict[str,
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainingArguments,
+    )
 
     from langchain_fslm.models import BaseModelRef, load_base_model
 
     torch.manual_seed(0)
     model, tokenizer = load_base_model(BaseModelRef())
     tokenizer.padding_side = "right"
+    model.config.use_cache = False  # training; also lets packed position ids select a block-diagonal mask
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     dataset = Dataset.from_dict({"text": texts}).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=args.seq),
@@ -71,7 +87,9 @@ def train(variant: str, texts: list[str], args: argparse.Namespace) -> dict[str,
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=DataCollatorWithFlattening()
+        if variant.endswith("padding-free")
+        else DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
     start = time.perf_counter()
     result = trainer.train()
@@ -100,10 +118,10 @@ def main() -> None:
     texts = records(args.steps * args.batch)
     out: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
     if not variants and out["machine"]["fast_bf16"]:
-        variants = ["fp32", "bf16", "bf16+length-grouping"]
+        variants = ["fp32", "bf16", "bf16+padding-free"]
     elif not variants:
         print("no fast bf16 on this machine (AVX512-BF16/AMX or a bf16 GPU): fp32 variants only")
-        variants = ["fp32", "fp32+length-grouping"]
+        variants = ["fp32", "fp32+length-grouping", "fp32+padding-free"]
     for variant in variants:
         out[variant] = train(variant, texts, args)
         print(variant, out[variant], flush=True)
