@@ -256,12 +256,14 @@ def main() -> None:
         results[i] = stack.invoke(PROMPTS[i])
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS))]
+    calls = engine.batcher.calls if engine.batcher else 0
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     out["concurrent_s"] = time.perf_counter() - start
+    out["concurrent_generate_calls"] = (engine.batcher.calls if engine.batcher else 0) - calls
     out["batch_equals_sequential"] = batched == sequential
     out["concurrent_equals_sequential"] = [results[i] for i in range(len(PROMPTS))] == sequential
     print(f"sequential {out['sequential_s']:.1f}s batch {out['batch_s']:.1f}s", flush=True)
@@ -322,6 +324,7 @@ def main() -> None:
         ("8 concurrent invokes, threads (s)", f"{out['concurrent_s']:.2f}", ""),
         ("batch speed-up", f"{out['sequential_s'] / out['batch_s']:.2f}x", ">= 3x"),
         ("concurrent speed-up", f"{out['sequential_s'] / out['concurrent_s']:.2f}x", ""),
+        ("concurrent: generate calls (4 stages)", str(out["concurrent_generate_calls"]), "4"),
         (
             "batch / concurrent == sequential",
             f"{out['batch_equals_sequential']} / {out['concurrent_equals_sequential']}",
