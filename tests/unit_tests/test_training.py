@@ -312,21 +312,19 @@ def test_bf16_setting_wins_over_detection():
     assert TrainConfig(handoffs="h.jsonl", bf16=False).bf16 is False
 
 
-def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, caplog):
+def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, caplog):
     """One flattened row per batch (no padding computed) keeps records apart: the loss is unchanged."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from langchain_fslm.engine.local import LocalEngine
     from langchain_fslm.training.finetune import _Collator, encode_example, make_collator
 
-    engine = LocalEngine.from_ref(str(tiny_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # its own copy: use_cache changes
     rows = [
-        encode_example(engine, f"Question {i}: " + "why? " * i, "Because. " * (5 - i), max_length=64)
+        encode_example(tiny_engine, f"Question {i}: " + "why? " * i, "Because. " * (5 - i), max_length=64)
         for i in range(1, 4)
     ]
-    pad_id = engine.tokenizer.pad_token_id
+    pad_id = tiny_engine.tokenizer.pad_token_id
     flat = make_collator(model, pad_id, padding_free=True)
     assert not isinstance(flat, _Collator) and model.config.use_cache is False
     flat_batch = flat(rows)
