@@ -12,6 +12,7 @@ with ``GenerationConfig(on_too_long="truncate_left")``, cut from the left with a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_fslm.engine.adapter_check import check_adapter
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
 from langchain_fslm.engine.batcher import MicroBatcher
+from langchain_fslm.engine.compiled import CompiledDecode
 from langchain_fslm.errors import AdapterError, PromptTooLongError, PromptTruncatedWarning
 from langchain_fslm.models import BaseModelRef, load_base_model
 
@@ -87,6 +89,9 @@ class LocalEngine:
             requests already waiting join). ``None`` turns micro-batching off.
         max_batch_size: Most rows per merged ``generate`` call.
         num_threads: Torch intra-op threads (process-wide; default: torch's choice, one per core).
+        compile_decode: Run single-row calls with their adapter merged into the base weights, a
+            static KV cache and ``torch.compile`` (:mod:`~langchain_fslm.engine.compiled`): faster
+            decoding once compiled, at the price of a compile on first use. Off by default.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class LocalEngine:
         batch_window_ms: float | None = 2.0,
         max_batch_size: int = 32,
         num_threads: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         from langchain_fslm.models import prepare_tokenizer
 
@@ -116,6 +122,7 @@ class LocalEngine:
         self.adapter_paths: dict[str, str] = {}
         self.lock = threading.RLock()
         self.tokenizer_lock = threading.RLock()
+        self.compiled = CompiledDecode() if compile_decode else None
         self.batcher: MicroBatcher[tuple[GenerationRequest, str], Generation] | None = None
         if batch_window_ms is not None:
             self.batcher = MicroBatcher(
@@ -126,11 +133,16 @@ class LocalEngine:
             )
 
     @classmethod
-    def from_ref(cls, ref: BaseModelRef | str | None = None) -> LocalEngine:
-        """Load the base model of a reference (see :func:`langchain_fslm.models.load_base_model`)."""
+    def from_ref(cls, ref: BaseModelRef | str | None = None, **kwargs: Any) -> LocalEngine:
+        """Load the base model of a reference (see :func:`langchain_fslm.models.load_base_model`).
+
+        Args:
+            ref: The base model (default: the embedded SmolLM2 default).
+            **kwargs: Engine settings (``batch_window_ms``, ``compile_decode``, ...), see the class.
+        """
         ref = BaseModelRef(source=ref) if isinstance(ref, str) else (ref or BaseModelRef())
         model, tokenizer = load_base_model(ref)
-        return cls(model, tokenizer, base_ref=ref)
+        return cls(model, tokenizer, base_ref=ref, **kwargs)
 
     # ----------------------------------------------------------------------------- adapters
     @property
@@ -352,16 +364,26 @@ class LocalEngine:
         texts = [t for _, t in prepared]
         config = batch[0].config
         stops = [list(r.config.stop) for r in batch]
+        adapters = [r.adapter for r in batch]
         with self.lock:
             encoded = self._encode(texts, config.max_new_tokens)
             prompt_len = encoded["input_ids"].shape[1]
             kwargs = self._generate_kwargs(config)
-            kwargs.update(self._adapter_kwargs([r.adapter for r in batch]))
+            compiled = self.compiled is not None and self.compiled.accepts(self.model, adapters)
+            if compiled:
+                assert self.compiled is not None
+                kwargs.update(
+                    self.compiled.generate_kwargs(prompt_len + config.max_new_tokens, self.context_length)
+                )
+                merged: Any = self.compiled.merged(self.model, adapters[0])
+            else:
+                kwargs.update(self._adapter_kwargs(adapters))
+                merged = contextlib.nullcontext()
             if any(stops):
                 kwargs["stopping_criteria"] = [_stopping_criteria(self.tokenizer, stops, prompt_len)]
             if config.seed is not None:
                 torch.manual_seed(config.seed)
-            with torch.inference_mode():
+            with merged, torch.inference_mode():
                 output = self.model.generate(**encoded, **kwargs)
         out: list[Generation] = []
         eos = self._eos_ids()

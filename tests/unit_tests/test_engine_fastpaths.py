@@ -175,3 +175,51 @@ def test_truncate_left_policy_survives_a_save(tiny_engine, tmp_path):
     folder = FSLMChain.from_specs([spec], engine=tiny_engine).save_pretrained(tmp_path / "s")
     again = FSLMChain.from_pretrained(folder, engine=tiny_engine)
     assert again.stages[0].generation.on_too_long == "truncate_left"
+
+
+def test_compiled_decode_gives_the_eager_text_and_restores_the_base_weights(tiny_model_dir, tiny_adapters):
+    import torch
+    import torch._dynamo
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_fslm.engine.compiled import CompiledDecode
+    from langchain_fslm.engine.local import LocalEngine
+
+    def engine(compile_decode: bool) -> LocalEngine:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        out = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), compile_decode=compile_decode)
+        for name, path in tiny_adapters.items():
+            out.load_adapter(name, path)
+        return out
+
+    eager, compiled = engine(False), engine(True)
+    compiled.compiled = CompiledDecode(backend="eager")  # dynamo traces and guards; no inductor codegen
+    merges: list[str | None] = []
+    merged = compiled.compiled.merged
+
+    def counting(model, adapter):  # type: ignore[no-untyped-def]
+        merges.append(adapter)
+        return merged(model, adapter)
+
+    compiled.compiled.merged = counting  # type: ignore[method-assign]
+    before = {k: v.clone() for k, v in compiled.model.state_dict().items()}
+    config = GenerationConfig(max_new_tokens=8)
+    adapters = [None, "a", "b", "c", "d", "a"]
+    requests = [GenerationRequest(prompt=PROMPTS[0], adapter=a, config=config) for a in adapters]
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    try:
+        texts = [compiled.generate([requests[0]])[0].text]
+        assert counters["frames"]["ok"] > 0  # dynamo really compiled the decode step
+        with torch._dynamo.config.patch(error_on_recompile=True):  # one graph for every adapter
+            texts += [compiled.generate([r])[0].text for r in requests[1:]]
+    finally:
+        torch._dynamo.reset()
+    assert merges == adapters  # every single-row call took the compiled path
+    assert texts == [eager.generate([r])[0].text for r in requests]
+    assert len(set(texts)) > 1  # the merged adapters really change the output
+    after = compiled.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # restored exactly, not by subtraction
+    batch = compiled.generate(requests[1:3])  # several rows: the eager mixed-adapter path
+    assert merges == adapters
+    assert [g.text for g in batch] == texts[1:3]
