@@ -11,10 +11,12 @@ CPU caches hold), and reports the bytes read per second against the machine's re
 
 - fp32 as stored (``F.linear``, what transformers runs),
 - fp32 stored input-major (``x @ W.T`` with ``W.T`` contiguous: the same products, another BLAS kernel),
-- bf16 weights (``F.linear``; half the bytes),
+- fp32 through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses),
+- bf16 and fp16 weights (``F.linear``; half the bytes),
 
-each for one row (batch-1 decode) and eight rows (a ``batch()`` of 8). The "ceiling" rows turn the
-one-row time into tokens/s: the best any decode loop on these kernels could do. Writes
+each for one row (batch-1 decode) and eight rows (a ``batch()`` of 8), and for one row again on a single
+thread, which shows whether a kernel uses the second core's bandwidth at all. The "ceiling" rows turn
+the one-row time into tokens/s: the best any decode loop on these kernels could do. Writes
 ``benchmarks/results/gemv.json``.
 """
 
@@ -56,33 +58,51 @@ def main() -> None:
             weights[module.weight.data_ptr()] = module.weight.detach()
     stored = list(weights.values())
     variants = {
-        "fp32 as stored": [(w, False) for w in stored],
-        "fp32 input-major": [(w.t().contiguous(), True) for w in stored],
-        "bf16 weights": [(w.to(torch.bfloat16), False) for w in stored],
+        "fp32 as stored": [(w, "linear") for w in stored],
+        "fp32 input-major": [(w.t().contiguous(), "input-major") for w in stored],
+        "fp32 via oneDNN": [(w, "onednn") for w in stored],
+        "bf16 weights": [(w.to(torch.bfloat16), "linear") for w in stored],
+        "fp16 weights": [(w.to(torch.float16), "linear") for w in stored],
     }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    one_core_gbs = bandwidth_gbs()
+    torch.set_num_threads(threads)
     out: dict[str, Any] = {"machine": machine(), "bandwidth_gbs": bandwidth_gbs(), "matrices": len(stored)}
     fp32_bytes = sum(w.numel() * 4 for w in stored)
     out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / fp32_bytes
+    out["bandwidth_1_thread_gbs"] = one_core_gbs
     rows = [
         ("read bandwidth (GB/s)", f"{out['bandwidth_gbs']:.1f}", ""),
+        ("read bandwidth, 1 thread (GB/s)", f"{one_core_gbs:.1f}", ""),
         ("bound, fp32 weights (tok/s)", f"{out['bound_tps']:.1f}", ""),
     ]
     with torch.inference_mode():
         for name, mats in variants.items():
             nbytes = sum(w.numel() * w.element_size() for w, _ in mats)
-            for rows_in in (1, 8):
+            for rows_in, n_threads in ((1, threads), (8, threads), (1, 1)):
+                torch.set_num_threads(n_threads)
                 inputs = {n: torch.randn(rows_in, n, dtype=mats[0][0].dtype) for n in {576, 1536}}
 
-                def run(mats: list[tuple[torch.Tensor, bool]] = mats, x: Any = inputs) -> None:
-                    for w, input_major in mats:
-                        _ = x[w.shape[0]] @ w if input_major else F.linear(x[w.shape[1]], w)
+                def run(mats: list[tuple[torch.Tensor, str]] = mats, x: Any = inputs) -> None:
+                    for w, kind in mats:
+                        if kind == "input-major":
+                            _ = x[w.shape[0]] @ w
+                        elif kind == "onednn":  # the kernel inductor's CPU linear calls
+                            _ = torch.ops.mkldnn._linear_pointwise(x[w.shape[1]], w, None, "none", [], "")
+                        else:
+                            _ = F.linear(x[w.shape[1]], w)
 
                 seconds = best_time(run)
+                torch.set_num_threads(threads)
                 gbs = nbytes / seconds / 1e9
                 key = f"{name}, {rows_in} row{'s' if rows_in > 1 else ''}"
-                out[key] = {"seconds": seconds, "gbs": gbs, "of_bandwidth": gbs / out["bandwidth_gbs"]}
-                rows.append((f"{key} (GB/s read)", f"{gbs:.1f} ({gbs / out['bandwidth_gbs']:.0%})", ""))
-                if rows_in == 1:
+                if n_threads != threads:
+                    key += f", {n_threads} thread"
+                of = gbs / (out["bandwidth_gbs"] if n_threads == threads else one_core_gbs)
+                out[key] = {"seconds": seconds, "gbs": gbs, "of_bandwidth": of}
+                rows.append((f"{key} (GB/s read)", f"{gbs:.1f} ({of:.0%})", ""))
+                if rows_in == 1 and n_threads == threads:
                     ceiling = 1 / seconds
                     out[key]["ceiling_tps"] = ceiling
                     share = f"{ceiling:.1f} ({ceiling / out['bound_tps']:.0%} of fp32 bound)"
