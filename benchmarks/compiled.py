@@ -8,7 +8,8 @@ read bandwidth and the batch-1 decode bound; the decode rate of a stage on the d
 second engine with ``compile_decode=True`` (after its first, compiling call, which is timed on its
 own); then interleaved rounds of the same prompts through four ``HuggingFacePipeline`` objects (one
 model copy each, adapter merged), the default stack and the compiled stack, with the outputs
-compared. Writes ``benchmarks/results/compiled.json``.
+compared. Writes ``benchmarks/results/compiled.json`` (``compiled-tokens<N>.json`` for another
+``--tokens``).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def main() -> None:
             "all",
         ),
     ]
-    report("compiled", rows, out)
+    report("compiled" if args.tokens == 16 else f"compiled-tokens{args.tokens}", rows, out)
 
 
 if __name__ == "__main__":
