@@ -177,6 +177,13 @@ def test_truncate_left_policy_survives_a_save(tiny_engine, tmp_path):
     assert again.stages[0].generation.on_too_long == "truncate_left"
 
 
+def test_compiled_cache_sizes_are_few_powers_of_two_within_the_context():
+    from langchain_fslm.engine.compiled import cache_len
+
+    assert [cache_len(n, 8192) for n in (1, 512, 513, 1500, 5000)] == [512, 512, 1024, 2048, 8192]
+    assert cache_len(200, 256) == 256  # never past the model's context length
+
+
 def test_compiled_decode_gives_the_eager_text_and_restores_the_base_weights(tiny_model_dir, tiny_adapters):
     import torch
     import torch._dynamo
