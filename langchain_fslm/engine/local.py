@@ -369,16 +369,14 @@ class LocalEngine:
             encoded = self._encode(texts, config.max_new_tokens)
             prompt_len = encoded["input_ids"].shape[1]
             kwargs = self._generate_kwargs(config)
-            compiled = self.compiled is not None and self.compiled.accepts(self.model, adapters)
-            if compiled:
-                assert self.compiled is not None
-                kwargs.update(
-                    self.compiled.generate_kwargs(prompt_len + config.max_new_tokens, self.context_length)
-                )
-                merged: Any = self.compiled.merged(self.model, adapters[0])
+            compiled = self.compiled
+            merged: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            if compiled is not None and compiled.accepts(self.model, adapters):
+                tokens = prompt_len + config.max_new_tokens
+                kwargs.update(compiled.generate_kwargs(tokens, self.context_length))
+                merged = compiled.merged(self.model, adapters[0])
             else:
                 kwargs.update(self._adapter_kwargs(adapters))
-                merged = contextlib.nullcontext()
             if any(stops):
                 kwargs["stopping_criteria"] = [_stopping_criteria(self.tokenizer, stops, prompt_len)]
             if config.seed is not None:
