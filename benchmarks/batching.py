@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, random_lora, report  # noqa: E402
+from benchmarks.common import generate_calls, machine, random_lora, report  # noqa: E402
 from benchmarks.inference import PROMPTS, TARGETS  # noqa: E402
 
 
@@ -75,11 +75,11 @@ def main() -> None:
     calls: dict[str, int] = {}  # generate calls the micro-batcher made for each way (last round)
     for _ in range(args.rounds):
         for name, fn in ways.items():
-            before = engine.batcher.calls if engine.batcher else 0
+            before = generate_calls(engine)
             start = time.perf_counter()
             texts[name] = fn()
             times[name].append(time.perf_counter() - start)
-            calls[name] = (engine.batcher.calls if engine.batcher else 0) - before
+            calls[name] = generate_calls(engine) - before
             print(name, f"{times[name][-1]:.1f}s, {calls[name]} generate calls", flush=True)
     best = {k: min(v) for k, v in times.items()}
     tokens = len(PROMPTS) * args.tokens

@@ -41,6 +41,11 @@ def random_lora(model: Any, folder: Path, seed: int, targets: list[str], scale: 
     return folder
 
 
+def generate_calls(engine: Any) -> int:
+    """How many ``generate`` calls the engine's micro-batcher has made (0 without one)."""
+    return engine.batcher.calls if engine.batcher else 0
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
     try:

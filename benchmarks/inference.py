@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, random_lora, report, rss_mib  # noqa: E402
+from benchmarks.common import generate_calls, machine, random_lora, report, rss_mib  # noqa: E402
 
 TARGETS = ["q_proj", "v_proj"]
 STAGES = ["intent", "key_points", "draft", "answer"]
@@ -256,14 +256,14 @@ def main() -> None:
         results[i] = stack.invoke(PROMPTS[i])
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS))]
-    calls = engine.batcher.calls if engine.batcher else 0
+    calls = generate_calls(engine)
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     out["concurrent_s"] = time.perf_counter() - start
-    out["concurrent_generate_calls"] = (engine.batcher.calls if engine.batcher else 0) - calls
+    out["concurrent_generate_calls"] = generate_calls(engine) - calls
     out["batch_equals_sequential"] = batched == sequential
     out["concurrent_equals_sequential"] = [results[i] for i in range(len(PROMPTS))] == sequential
     print(f"sequential {out['sequential_s']:.1f}s batch {out['batch_s']:.1f}s", flush=True)
