@@ -9,7 +9,10 @@ Opt-in through ``LocalEngine(compile_decode=True)``. A single-row call (the late
    once, not once per adapter;
 2. ``generate`` runs with a static KV cache and transformers' ``CompileConfig`` (the decode step is
    compiled; the prefill stays eager). The cache is sized to a power of two (at least 512 tokens), and
-   transformers keeps the largest size used so far, so a new prompt length does not recompile;
+   transformers keeps the largest size used so far, so a new prompt length does not recompile.
+   Inductor's ``decompose_mm_pass`` is switched on for the call (:func:`gemv_as_reduction`): on a CPU
+   it compiles each one-row matrix product into a reduction kernel of its own that reads the weights
+   on every core, where the BLAS matrix-vector kernels use about one core's share of the bandwidth;
 3. the base weights are restored from a copy taken before the first merge (an exact copy: subtracting
    the delta again would leave rounding errors that add up over calls).
 
@@ -28,6 +31,9 @@ from contextlib import contextmanager
 from typing import Any
 
 MIN_CACHE_LEN = 512
+# decompose one-row matmuls up to this size on either side: every projection and output head in sight
+# (vocabularies up to 262,144 tokens)
+GEMV_MAX_DIM = 1 << 18
 
 
 def cache_len(tokens: int, limit: int) -> int:
@@ -39,6 +45,32 @@ def cache_len(tokens: int, limit: int) -> int:
     while size < tokens:
         size *= 2
     return min(size, limit)
+
+
+@contextmanager
+def gemv_as_reduction() -> Iterator[None]:
+    """Within the block, inductor compiles one-row matrix products on the CPU as its own reduction kernels.
+
+    Switches on inductor's ``decompose_mm_pass`` (``post_grad_fusion_options``), which rewrites a
+    matmul whose left side has one row into a multiply and a sum that inductor generates code for,
+    vectorised and split over the cores. Only matrices of up to :data:`GEMV_MAX_DIM` on each side
+    qualify; torch reads that limit from the option once, when its pass module is first imported, so it
+    is set on the module too, and both are put back afterwards. Graphs on GPUs are not affected (the
+    pass's GPU rule is for long, thin matrices, not decode steps). The config is process-wide: the
+    caller holds the engine's lock, and compiles elsewhere in the process during the call see it too.
+    """
+    from torch._inductor import config
+    from torch._inductor.fx_passes import decompose_mem_bound_mm as decompose
+
+    options = dict(config.post_grad_fusion_options)
+    options["decompose_mm_pass"] = {"cpu_max_other_dimension_decomposition": GEMV_MAX_DIM}
+    previous = decompose.cpu_max_other_dimension_decomposition
+    decompose.cpu_max_other_dimension_decomposition = GEMV_MAX_DIM
+    try:
+        with config.patch(post_grad_fusion_options=options):
+            yield
+    finally:
+        decompose.cpu_max_other_dimension_decomposition = previous
 
 
 class CompiledDecode:
@@ -80,6 +112,12 @@ class CompiledDecode:
             "compile_config": self.compile_config,
             "max_cache_len": cache_len(tokens, limit),
         }
+
+    @contextmanager
+    def call(self, model: Any, adapter: str | None) -> Iterator[None]:
+        """The scope of one compiled ``generate`` call: ``adapter`` merged, one-row matmuls as reductions."""
+        with gemv_as_reduction(), self.merged(model, adapter):
+            yield
 
     @contextmanager
     def merged(self, model: Any, adapter: str | None) -> Iterator[None]:

@@ -370,18 +370,18 @@ class LocalEngine:
             prompt_len = encoded["input_ids"].shape[1]
             kwargs = self._generate_kwargs(config)
             compiled = self.compiled
-            merged: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            scope: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if compiled is not None and compiled.accepts(self.model, adapters):
                 tokens = prompt_len + config.max_new_tokens
                 kwargs.update(compiled.generate_kwargs(tokens, self.context_length))
-                merged = compiled.merged(self.model, adapters[0])
+                scope = compiled.call(self.model, adapters[0])
             else:
                 kwargs.update(self._adapter_kwargs(adapters))
             if any(stops):
                 kwargs["stopping_criteria"] = [_stopping_criteria(self.tokenizer, stops, prompt_len)]
             if config.seed is not None:
                 torch.manual_seed(config.seed)
-            with merged, torch.inference_mode():
+            with scope, torch.inference_mode():
                 output = self.model.generate(**encoded, **kwargs)
         out: list[Generation] = []
         eos = self._eos_ids()

@@ -230,3 +230,39 @@ def test_compiled_decode_gives_the_eager_text_and_restores_the_base_weights(tiny
     batch = compiled.generate(requests[1:3])  # several rows: the eager mixed-adapter path
     assert merges == adapters
     assert [g.text for g in batch] == texts[1:3]
+
+
+@pytest.mark.slow
+def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tiny_model_dir, tiny_adapters):
+    """The real compile (inductor, C++ codegen): the decode step's matmuls become reduction kernels, and
+    the text equals the eager engine's. The eager-backend test above covers merging and recompiles."""
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    def engine(compile_decode: bool) -> LocalEngine:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        out = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), compile_decode=compile_decode)
+        out.load_adapter("a", tiny_adapters["a"])
+        return out
+
+    eager, compiled = engine(False), engine(True)
+    requests = [
+        GenerationRequest(prompt=PROMPTS[0], adapter=a, config=GenerationConfig(max_new_tokens=8))
+        for a in (None, "a")
+    ]
+    options_before = dict(inductor_config.post_grad_fusion_options)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        texts = [compiled.generate([r])[0].text for r in requests]
+    finally:
+        torch._dynamo.reset()
+    decomposed = counters["inductor"]["decompose_mm"] + counters["inductor"]["decompose_addmm"]
+    assert decomposed > 0  # the one-row matmuls (GPT-NeoX: with bias, addmm) became reductions
+    assert texts == [eager.generate([r])[0].text for r in requests]
+    assert inductor_config.post_grad_fusion_options == options_before  # the option was scoped to the call
