@@ -5,10 +5,12 @@
 On the embedded SmolLM2-135M-Instruct (fp32), side by side in one run: the machine's read bandwidth and
 the bound it puts on batch-1 decoding (weights read once per token); plain ``model.generate``; the
 same with a static KV cache; static cache plus ``torch.compile`` (transformers' ``CompileConfig``,
-compile time reported separately); and the time of a bare forward pass of one token (no ``generate``
-loop around it); then the same model with bf16 weights (half the bytes per token). Prefill of a
-300-token prompt is timed for fp32 and bf16. Greedy outputs of the variants are compared. Writes
-``benchmarks/results/decode.json``. ``gemv.py`` measures the matmul kernels' own ceiling.
+compile time reported separately); the same again with one-row matmuls compiled as inductor's own
+reduction kernels (``gemv_as_reduction``: what ``LocalEngine(compile_decode=True)`` runs); and the
+time of a bare forward pass of one token (no ``generate`` loop around it); then the same model with
+bf16 weights (half the bytes per token). Prefill of a 300-token prompt is timed for fp32 and bf16.
+Greedy outputs of the variants are compared. Writes ``benchmarks/results/decode.json``. ``gemv.py``
+measures the matmul kernels' own ceiling.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     import torch
     from transformers import CompileConfig, DynamicCache
 
+    from langchain_fslm.engine.compiled import gemv_as_reduction
     from langchain_fslm.models import BaseModelRef, load_base_model
 
     model, tokenizer = load_base_model(BaseModelRef())
@@ -85,9 +88,19 @@ def main() -> None:
     plain = generate(n)[1]
     compiled = generate(n, cache_implementation="static", compile_config=compile_config)[1]
     out["identical"] = bool(torch.equal(plain, compiled))
-    out["prefill_300_s"] = prefill_s(model)
     del compiled
+    # what compile_decode runs: the same, with one-row matmuls compiled as inductor's own reductions
     torch._dynamo.reset()
+    with gemv_as_reduction():
+        start = time.perf_counter()
+        generate(8, cache_implementation="static", compile_config=compile_config)
+        out["reduction_compile_s"] = time.perf_counter() - start
+        out["reduction_tps"] = rate(cache_implementation="static", compile_config=compile_config)
+        reduced = generate(n, cache_implementation="static", compile_config=compile_config)[1]
+    out["reduction_identical"] = bool(torch.equal(plain, reduced))
+    torch._dynamo.reset()
+    out["bandwidth_after_gbs"] = bandwidth_gbs()
+    out["prefill_300_s"] = prefill_s(model)
 
     # bf16 weights: half the bytes to read per token, but no native bf16 matmul on AVX2-only CPUs
     bf16_model, _ = load_base_model(BaseModelRef(dtype="bfloat16"))
@@ -110,6 +123,10 @@ def main() -> None:
         ("static + torch.compile (tok/s)", share("compiled_tps"), ""),
         ("torch.compile warm-up (s)", f"{out['compile_s']:.1f}", ""),
         ("compiled == plain output", str(out["identical"]), "True"),
+        ("static + compile, matmuls as reductions (tok/s)", share("reduction_tps"), ">= 80%"),
+        ("  its warm-up (s)", f"{out['reduction_compile_s']:.1f}", ""),
+        ("  == plain output", str(out["reduction_identical"]), "True"),
+        ("read bandwidth after the compiled runs (GB/s)", f"{out['bandwidth_after_gbs']:.1f}", ""),
         ("prefill, 300-token prompt (s)", f"{out['prefill_300_s']:.2f}", ""),
         ("bandwidth bound, bf16 weights (tok/s)", f"{out['bf16_bound_tps']:.1f}", ""),
         ("bf16 weights, plain generate (tok/s)", share("bf16_tps", "bf16_bound_tps"), ""),
