@@ -13,6 +13,10 @@ CPU caches hold), and reports the bytes read per second against the machine's re
 - fp32 stored input-major (``x @ W.T`` with ``W.T`` contiguous: the same products, another BLAS kernel),
 - fp32 through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses),
 - bf16 and fp16 weights (``F.linear``; half the bytes),
+- fp32 compiled by inductor as its own reduction kernels (``gemv_as_reduction``, what
+  ``LocalEngine(compile_decode=True)`` runs; all products in one compiled function, compiled again for
+  each thread count, since inductor fixes the thread count in the code it generates; one row only:
+  eight rows stay BLAS matmuls),
 
 each for one row (batch-1 decode) and eight rows (a ``batch()`` of 8), and for one row again on a single
 thread, which shows whether a kernel uses the second core's bandwidth at all. The "ceiling" rows turn
@@ -26,12 +30,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, report  # noqa: E402
 from benchmarks.inference import bandwidth_gbs  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def best_time(run: Callable[[], object], repeats: int = 3) -> float:
@@ -43,6 +50,26 @@ def best_time(run: Callable[[], object], repeats: int = 3) -> float:
         run()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def compiled_products(weights: list[torch.Tensor]) -> Callable[[dict[int, torch.Tensor]], object]:
+    """All one-row products in one function, compiled afresh with one-row matmuls as reductions."""
+    import torch
+    import torch.nn.functional as F
+
+    from langchain_fslm.engine.compiled import gemv_as_reduction
+
+    def products(x: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [F.linear(x[w.shape[1]], w) for w in weights]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(products, dynamic=False)
+
+    def run(x: dict[int, torch.Tensor]) -> object:
+        with gemv_as_reduction():  # compiles on the first call
+            return compiled(x)
+
+    return run
 
 
 def main() -> None:
@@ -63,6 +90,7 @@ def main() -> None:
         "fp32 via oneDNN": [(w, "onednn") for w in stored],
         "bf16 weights": [(w.to(torch.bfloat16), "linear") for w in stored],
         "fp16 weights": [(w.to(torch.float16), "linear") for w in stored],
+        "fp32 inductor reductions": [(w, "inductor") for w in stored],
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -81,10 +109,19 @@ def main() -> None:
         for name, mats in variants.items():
             nbytes = sum(w.numel() * w.element_size() for w, _ in mats)
             for rows_in, n_threads in ((1, threads), (8, threads), (1, 1)):
+                inductor = mats[0][1] == "inductor"
+                if inductor and rows_in > 1:
+                    continue
                 torch.set_num_threads(n_threads)
                 inputs = {n: torch.randn(rows_in, n, dtype=mats[0][0].dtype) for n in {576, 1536}}
+                products = compiled_products([w for w, _ in mats]) if inductor else None
 
-                def run(mats: list[tuple[torch.Tensor, str]] = mats, x: Any = inputs) -> None:
+                def run(
+                    mats: list[tuple[torch.Tensor, str]] = mats, x: Any = inputs, fn: Any = products
+                ) -> None:
+                    if fn is not None:
+                        fn(x)
+                        return
                     for w, kind in mats:
                         if kind == "input-major":
                             _ = x[w.shape[0]] @ w
