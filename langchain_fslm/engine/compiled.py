@@ -53,9 +53,8 @@ def gemv_as_reduction() -> Iterator[None]:
 
     Switches on inductor's ``decompose_mm_pass`` (``post_grad_fusion_options``), which rewrites a
     matmul whose left side has one row into a multiply and a sum that inductor generates code for,
-    vectorised and split over the cores. Only matrices of up to :data:`GEMV_MAX_DIM` on each side
-    qualify; torch reads that limit from the option once, when its pass module is first imported, so it
-    is set on the module too, and both are put back afterwards. Graphs on GPUs are not affected (the
+    vectorised and split over the cores. Matrices of up to :data:`GEMV_MAX_DIM` on each side qualify;
+    the option and the limit are put back afterwards. Graphs on GPUs are not affected (the
     pass's GPU rule is for long, thin matrices, not decode steps). The config is process-wide: the
     caller holds the engine's lock, and compiles elsewhere in the process during the call see it too.
     """
@@ -64,13 +63,19 @@ def gemv_as_reduction() -> Iterator[None]:
 
     options = dict(config.post_grad_fusion_options)
     options["decompose_mm_pass"] = {"cpu_max_other_dimension_decomposition": GEMV_MAX_DIM}
-    previous = decompose.cpu_max_other_dimension_decomposition
-    decompose.cpu_max_other_dimension_decomposition = GEMV_MAX_DIM
+    # torch copies the limit from the option when it first imports the pass module, so set that copy
+    # too; it is a private name: should a torch release drop it, the option alone still decomposes
+    # the products within torch's default limit (2,048)
+    limit = "cpu_max_other_dimension_decomposition"
+    previous = getattr(decompose, limit, None)
+    if previous is not None:
+        setattr(decompose, limit, GEMV_MAX_DIM)
     try:
         with config.patch(post_grad_fusion_options=options):
             yield
     finally:
-        decompose.cpu_max_other_dimension_decomposition = previous
+        if previous is not None:
+            setattr(decompose, limit, previous)
 
 
 class CompiledDecode:
