@@ -321,6 +321,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         adapter_root: str | Path | None = None,
         backend: Literal["local", "remote"] | None = None,
         remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None = None,
+        compile_decode: bool = False,
         **kwargs: Any,
     ) -> FSLMChain:
         """Build a stack from stage specs on one shared base model.
@@ -335,10 +336,17 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                 :class:`RemoteSettings`, a settings mapping (``{"base_url": ..., "api_key": ...}``) or a
                 base URL; None: ``FSLM_REMOTE_BASE_URL``. Remote stages ask for the model named after
                 the stage when they have an adapter, else for the base model.
+            compile_decode: Turn on compiled decoding in the local engine
+                (:meth:`LocalEngine.enable_compile_decode`, shared with every stack on that engine):
+                about 2x faster decoding on a CPU after a compile on first use; for long-running
+                processes. Needs local stages.
             **kwargs: Other :class:`FSLMChain` fields.
 
         Returns:
             The stack.
+
+        Raises:
+            ValueError: If ``compile_decode`` is asked of a stack without a local engine.
         """
         from langchain_fslm.engine.local import LocalEngine, get_engine
 
@@ -352,6 +360,13 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             engine = get_engine(ref)
         elif ref is None and isinstance(engine, LocalEngine):
             ref = engine.base_ref
+        if compile_decode:
+            if "local" not in kinds or not isinstance(engine, LocalEngine):
+                raise ValueError(
+                    "compile_decode=True compiles the decoding of local stages on a LocalEngine; "
+                    f"this stack has {'no local stages' if 'local' not in kinds else type(engine).__name__}"
+                )
+            engine.enable_compile_decode()
         stages, sources = [], {}
         for spec, kind in zip(specs, kinds, strict=True):
             stage_engine = remote_engine if kind == "remote" else engine
@@ -399,7 +414,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             engine: An engine to use instead of loading the manifest's base model.
             trust_remote_code: Allow a manifest that asks for ``base_model.trust_remote_code``
                 (model code from the hub runs). Refused unless you pass True here.
-            **kwargs: ``backend``/``remote`` (see :meth:`from_specs`) and other fields.
+            **kwargs: ``backend``/``remote``/``compile_decode`` (see :meth:`from_specs`) and other fields.
 
         Raises:
             ManifestError: If the manifest is missing or wrong (the message names file and field).

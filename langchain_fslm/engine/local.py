@@ -145,6 +145,15 @@ class LocalEngine:
         model, tokenizer = load_base_model(ref)
         return cls(model, tokenizer, base_ref=ref, **kwargs)
 
+    def enable_compile_decode(self) -> None:
+        """Turn compiled decoding on (see ``compile_decode``), for every stack that shares this engine.
+
+        Nothing compiles until the next single-row call. Calling it again changes nothing.
+        """
+        with self.lock:
+            if self.compiled is None:
+                self.compiled = CompiledDecode()
+
     # ----------------------------------------------------------------------------- adapters
     @property
     def is_peft(self) -> bool:

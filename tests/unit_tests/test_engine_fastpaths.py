@@ -266,3 +266,25 @@ def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tin
     assert decomposed > 0  # the one-row matmuls (GPT-NeoX: with bias, addmm) became reductions
     assert texts == [eager.generate([r])[0].text for r in requests]
     assert inductor_config.post_grad_fusion_options == options_before  # the option was scoped to the call
+
+
+def test_stack_option_turns_compiled_decoding_on_in_its_engine(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_fslm import StageSpec
+    from langchain_fslm.engine.local import LocalEngine
+    from langchain_fslm.engine.remote import RemoteEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    specs = [StageSpec(name="answer", prompt="Answer: {input}")]
+    FSLMChain.from_specs(specs, engine=engine)
+    assert engine.compiled is None  # off unless asked for
+    stack = FSLMChain.from_specs(specs, engine=engine, compile_decode=True)
+    assert engine.compiled is not None and stack.stages[0].engine is engine
+    compiled = engine.compiled
+    engine.enable_compile_decode()
+    assert engine.compiled is compiled  # idempotent: the weight copies are kept
+    with pytest.raises(ValueError, match="no local stages"):
+        remote = RemoteEngine("http://127.0.0.1:9/v1")
+        FSLMChain.from_specs(specs, backend="remote", remote=remote, compile_decode=True)
