@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from langchain_fslm import FSLMChain, GenerationConfig, GenerationRequest, PromptTooLongError, SLMRunnable
 from langchain_fslm.engine.batcher import MicroBatcher
 from langchain_fslm.errors import PromptTruncatedWarning
+
+if TYPE_CHECKING:
+    from langchain_fslm.engine.local import LocalEngine
 
 PROMPTS = ["Why is the sky blue?", "Give me a tip.", "What is 2+2?", "Name a fruit.", "Hi"]
 
@@ -177,6 +182,19 @@ def test_truncate_left_policy_survives_a_save(tiny_engine, tmp_path):
     assert again.stages[0].generation.on_too_long == "truncate_left"
 
 
+def own_engine(model_dir: Path, adapters: dict[str, Path], compile_decode: bool = False) -> LocalEngine:
+    """An engine with a model of its own (not the shared ``tiny_engine``), with ``adapters`` loaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine = LocalEngine(model, AutoTokenizer.from_pretrained(model_dir), compile_decode=compile_decode)
+    for name, path in adapters.items():
+        engine.load_adapter(name, path)
+    return engine
+
+
 def test_compiled_cache_sizes_are_few_powers_of_two_within_the_context():
     from langchain_fslm.engine.compiled import cache_len
 
@@ -187,19 +205,11 @@ def test_compiled_cache_sizes_are_few_powers_of_two_within_the_context():
 def test_compiled_decode_gives_the_eager_text_and_restores_the_base_weights(tiny_model_dir, tiny_adapters):
     import torch
     import torch._dynamo
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from langchain_fslm.engine.compiled import CompiledDecode
-    from langchain_fslm.engine.local import LocalEngine
 
-    def engine(compile_decode: bool) -> LocalEngine:
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        out = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), compile_decode=compile_decode)
-        for name, path in tiny_adapters.items():
-            out.load_adapter(name, path)
-        return out
-
-    eager, compiled = engine(False), engine(True)
+    eager = own_engine(tiny_model_dir, tiny_adapters)
+    compiled = own_engine(tiny_model_dir, tiny_adapters, compile_decode=True)
     compiled.compiled = CompiledDecode(backend="eager")  # dynamo traces and guards; no inductor codegen
     merges: list[str | None] = []
     merged = compiled.compiled.merged
@@ -240,17 +250,10 @@ def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tin
     import torch._dynamo
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from langchain_fslm.engine.local import LocalEngine
-
-    def engine(compile_decode: bool) -> LocalEngine:
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        out = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), compile_decode=compile_decode)
-        out.load_adapter("a", tiny_adapters["a"])
-        return out
-
-    eager, compiled = engine(False), engine(True)
+    adapters = {"a": tiny_adapters["a"]}
+    eager = own_engine(tiny_model_dir, adapters)
+    compiled = own_engine(tiny_model_dir, adapters, compile_decode=True)
     requests = [
         GenerationRequest(prompt=PROMPTS[0], adapter=a, config=GenerationConfig(max_new_tokens=8))
         for a in (None, "a")
@@ -269,14 +272,10 @@ def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tin
 
 
 def test_stack_option_turns_compiled_decoding_on_in_its_engine(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from langchain_fslm import StageSpec
-    from langchain_fslm.engine.local import LocalEngine
     from langchain_fslm.engine.remote import RemoteEngine
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    engine = LocalEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    engine = own_engine(tiny_model_dir, {})
     specs = [StageSpec(name="answer", prompt="Answer: {input}")]
     FSLMChain.from_specs(specs, engine=engine)
     assert engine.compiled is None  # off unless asked for
