@@ -12,7 +12,11 @@ Opt-in through ``LocalEngine(compile_decode=True)``. A single-row call (the late
    transformers keeps the largest size used so far, so a new prompt length does not recompile.
    Inductor's ``decompose_mm_pass`` is switched on for the call (:func:`gemv_as_reduction`): on a CPU
    it compiles each one-row matrix product into a reduction kernel of its own that reads the weights
-   on every core, where the BLAS matrix-vector kernels use about one core's share of the bandwidth;
+   on every core, where the BLAS matrix-vector kernels use about one core's share of the bandwidth.
+   A model on ``sdpa`` attention runs :func:`decode_attention` for the call (:func:`packed_attention`):
+   the compiled step attends with plain matrix products over the grouped key/value heads, which
+   inductor fuses into the layer's kernel, instead of an SDPA call per layer on key/value heads
+   copied out to the query heads' count;
 3. the base weights are restored from a copy taken before the first merge (an exact copy: subtracting
    the delta again would leave rounding errors that add up over calls).
 
@@ -34,6 +38,10 @@ MIN_CACHE_LEN = 512
 # decompose one-row matmuls up to this size on either side: every projection and output head in sight
 # (vocabularies up to 262,144 tokens)
 GEMV_MAX_DIM = 1 << 18
+# ... and batched matmuls of up to this many matrices: a decode step's attention, one per key/value head
+BMM_MAX_BATCH = 64
+# the name :func:`decode_attention` is registered under with transformers' ``AttentionInterface``
+DECODE_ATTENTION = "fslm_decode"
 
 
 def cache_len(tokens: int, limit: int) -> int:
@@ -52,30 +60,127 @@ def gemv_as_reduction() -> Iterator[None]:
     """Within the block, inductor compiles one-row matrix products on the CPU as its own reduction kernels.
 
     Switches on inductor's ``decompose_mm_pass`` (``post_grad_fusion_options``), which rewrites a
-    matmul whose left side has one row into a multiply and a sum that inductor generates code for,
-    vectorised and split over the cores. Matrices of up to :data:`GEMV_MAX_DIM` on each side qualify;
-    the option and the limit are put back afterwards. Graphs on GPUs are not affected (the
+    matmul whose left side has few rows into a multiply and a sum that inductor generates code for,
+    vectorised and split over the cores. Matrices of up to :data:`GEMV_MAX_DIM` on each side qualify,
+    and batched matmuls of up to :data:`BMM_MAX_BATCH` matrices (the attention of a decode step); the
+    same setting lets a left side of up to that many rows through, but a compiled decode step has one.
+    The option and the limits are put back afterwards. Graphs on GPUs are not affected (the
     pass's GPU rule is for long, thin matrices, not decode steps). The config is process-wide: the
     caller holds the engine's lock, and compiles elsewhere in the process during the call see it too.
     """
     from torch._inductor import config
     from torch._inductor.fx_passes import decompose_mem_bound_mm as decompose
 
+    limits = {
+        "cpu_max_other_dimension_decomposition": GEMV_MAX_DIM,
+        "cpu_max_first_dimension_decomposition": BMM_MAX_BATCH,
+    }
     options = dict(config.post_grad_fusion_options)
-    options["decompose_mm_pass"] = {"cpu_max_other_dimension_decomposition": GEMV_MAX_DIM}
-    # torch copies the limit from the option when it first imports the pass module, so set that copy
-    # too; it is a private name: should a torch release drop it, the option alone still decomposes
-    # the products within torch's default limit (2,048)
-    limit = "cpu_max_other_dimension_decomposition"
-    previous = getattr(decompose, limit, None)
-    if previous is not None:
-        setattr(decompose, limit, GEMV_MAX_DIM)
+    options["decompose_mm_pass"] = limits
+    # torch copies the limits from the option when it first imports the pass module, so set those
+    # copies too; they are private names: should a torch release drop them, the option alone still
+    # decomposes the products within torch's default limits (2,048 per side, no batches)
+    previous = {name: getattr(decompose, name) for name in limits if hasattr(decompose, name)}
+    for name in previous:
+        setattr(decompose, name, limits[name])
     try:
         with config.patch(post_grad_fusion_options=options):
             yield
     finally:
-        if previous is not None:
-            setattr(decompose, limit, previous)
+        for name, value in previous.items():
+            setattr(decompose, name, value)
+
+
+def decode_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: Any = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Attention of one new token, written as matrix products that inductor fuses (transformers' interface).
+
+    In a compiled step with one query token and a boolean mask, the query heads that share a key/value
+    head are stacked as rows of one product with that head (no copies of the cache), and the scores
+    are masked and softmaxed in float32. Everything else (prefill, eager calls, dropout, position
+    biases) goes to transformers' ``sdpa_attention_forward`` unchanged.
+
+    Args:
+        module: The attention layer.
+        query: ``(batch, heads, query_len, head_dim)``.
+        key: ``(batch, kv_heads, kv_len, head_dim)``.
+        value: ``(batch, kv_heads, kv_len, head_dim)``.
+        attention_mask: Boolean mask ``(batch, 1, query_len, kv_len)``, True where a position is seen.
+        dropout: Dropout probability (only 0 takes this path).
+        scaling: Score scale; ``head_dim ** -0.5`` if None.
+        is_causal: Passed on to SDPA.
+        position_bias: Passed on to SDPA.
+        **kwargs: Passed on to SDPA.
+
+    Returns:
+        The output ``(batch, query_len, heads, head_dim)`` and no attention weights.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, dim = query.shape
+    mask = attention_mask
+    if not (
+        torch.compiler.is_compiling()
+        and length == 1
+        and mask is not None
+        and mask.dtype == torch.bool
+        and dropout == 0.0
+        and position_bias is None
+        and not kwargs.get("softcap")
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            position_bias=position_bias,
+            **kwargs,
+        )
+    kv_heads = key.shape[1]
+    scale = dim**-0.5 if scaling is None else scaling
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = (grouped @ key.transpose(-1, -2)).float() * scale
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(value.dtype)
+    out = (probs @ value).reshape(batch, heads, 1, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def packed_attention(model: Any) -> Iterator[None]:
+    """Within the block, a model on ``sdpa`` attention runs :func:`decode_attention` instead.
+
+    Registers it with transformers' ``AttentionInterface`` (and SDPA's mask function under the same
+    name) and switches the model over with ``set_attn_implementation``, back afterwards. Models on
+    another implementation are left as they are.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(DECODE_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 class CompiledDecode:
@@ -120,8 +225,8 @@ class CompiledDecode:
 
     @contextmanager
     def call(self, model: Any, adapter: str | None) -> Iterator[None]:
-        """The scope of one compiled ``generate`` call: ``adapter`` merged, one-row matmuls as reductions."""
-        with gemv_as_reduction(), self.merged(model, adapter):
+        """One compiled ``generate`` call: ``adapter`` merged, matmuls as reductions, packed attention."""
+        with gemv_as_reduction(), packed_attention(model), self.merged(model, adapter):
             yield
 
     @contextmanager

@@ -267,8 +267,39 @@ def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tin
         torch._dynamo.reset()
     decomposed = counters["inductor"]["decompose_mm"] + counters["inductor"]["decompose_addmm"]
     assert decomposed > 0  # the one-row matmuls (GPT-NeoX: with bias, addmm) became reductions
+    assert counters["inductor"]["decompose_bmm"] > 0  # decode_attention's products too: no SDPA call
     assert texts == [eager.generate([r])[0].text for r in requests]
     assert inductor_config.post_grad_fusion_options == options_before  # the option was scoped to the call
+    assert compiled.model.config._attn_implementation == "sdpa"  # and the attention switch
+
+
+def test_decode_attention_equals_sdpa_for_grouped_heads_and_is_sdpa_outside_a_compile():
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from langchain_fslm.engine.compiled import decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3  # type: ignore[assignment]
+    query = torch.randn(1, 6, 1, 16)  # six query heads sharing two key/value heads
+    key, value = torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16)
+    mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
+    mask[..., 7:] = False  # unused slots of a static cache
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return decode_attention(module, q, k, v, m, scaling=0.25)[0]
+
+    traced = torch.compile(attend, backend="eager", fullgraph=True)  # dynamo traces the packed path
+    torch._dynamo.reset()
+    try:
+        packed = traced(query, key, value, mask)
+    finally:
+        torch._dynamo.reset()
+    assert packed.shape == expected.shape == (1, 1, 6, 16)
+    assert torch.allclose(packed, expected, atol=1e-6)
+    assert torch.equal(attend(query, key, value, mask), expected)  # eager calls are SDPA's own
 
 
 def test_stack_option_turns_compiled_decoding_on_in_its_engine(tiny_model_dir):
