@@ -1,21 +1,26 @@
 """Batch-1 decode against the bandwidth bound: where the time of one token goes, and what compiling buys.
 
-    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/decode.py [--tokens 64]
+    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/decode.py [--tokens 64] [--rounds 5]
 
-On the embedded SmolLM2-135M-Instruct (fp32), side by side in one run: the machine's read bandwidth and
-the bound it puts on batch-1 decoding (weights read once per token); plain ``model.generate``; the
+On the embedded SmolLM2-135M-Instruct (fp32), side by side in one run: the machine's read bandwidth (read
+at the start, before each round below and at the end, since it moves within minutes on a shared host)
+and the bound its median puts on batch-1 decoding (weights read once per token); plain ``model.generate``; the
 same with a static KV cache; static cache plus ``torch.compile`` (transformers' ``CompileConfig``,
 compile time reported separately); the same again with one-row matmuls compiled as inductor's own
-reduction kernels (``gemv_as_reduction``: what ``LocalEngine(compile_decode=True)`` runs); and the
-time of a bare forward pass of one token (no ``generate`` loop around it); then the same model with
-bf16 weights (half the bytes per token). Prefill of a 300-token prompt is timed for fp32 and bf16.
-Greedy outputs of the variants are compared. Writes ``benchmarks/results/decode.json``. ``gemv.py``
-measures the matmul kernels' own ceiling.
+reduction kernels (``gemv_as_reduction``); that plus the attention of each step as plain products over
+the grouped key/value heads (``decode_attention``; the two together are what
+``LocalEngine(compile_decode=True)`` runs, in ``CompiledDecode.call``; these two with the engine's
+static cache size, timed in interleaved rounds, as they are close); and the time of a bare forward
+pass of one token (no ``generate`` loop around it); then the same model with bf16 weights (half the
+bytes per token). Prefill of a 300-token prompt is timed for fp32 and bf16. Greedy outputs of the
+variants are compared. Writes ``benchmarks/results/decode.json``. ``gemv.py`` measures the matmul
+kernels' own ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,12 +35,13 @@ from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the last two variants")
     args = parser.parse_args()
 
     import torch
     from transformers import CompileConfig, DynamicCache
 
-    from langchain_fslm.engine.compiled import gemv_as_reduction
+    from langchain_fslm.engine.compiled import CompiledDecode, gemv_as_reduction
     from langchain_fslm.models import BaseModelRef, load_base_model
 
     model, tokenizer = load_base_model(BaseModelRef())
@@ -73,9 +79,8 @@ def main() -> None:
             return n / (time.perf_counter() - start)
 
     out: dict[str, Any] = {"machine": machine(), "tokens": n}
-    out["bandwidth_gbs"] = bandwidth_gbs()
+    readings = [bandwidth_gbs()]  # more in the rounds below and one at the end; the bound uses their median
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
     out["plain_tps"] = rate()
     out["forward_only_tps"] = forward_rate()
     out["static_tps"] = rate(cache_implementation="static")
@@ -89,17 +94,41 @@ def main() -> None:
     compiled = generate(n, cache_implementation="static", compile_config=compile_config)[1]
     out["identical"] = bool(torch.equal(plain, compiled))
     del compiled
-    # what compile_decode runs: the same, with one-row matmuls compiled as inductor's own reductions
+    # the same, with one-row matmuls compiled as inductor's own reductions (SDPA attention), and
+    # what compile_decode runs: that plus decode_attention (the CompiledDecode.call scope); both with
+    # the engine's static cache (512 tokens here), compiled once, then timed in interleaved rounds
+    decode = CompiledDecode()
+    engine_kwargs = decode.generate_kwargs(
+        ids["input_ids"].shape[1] + n, model.config.max_position_embeddings
+    )
+    scopes = {"reduction": gemv_as_reduction, "packed": lambda: decode.call(model, None)}
+    torch._dynamo.reset()  # dynamo keeps both graphs: they differ in the attention implementation
+    for key, scope in scopes.items():
+        with scope():
+            start = time.perf_counter()
+            generate(8, **engine_kwargs)
+            out[f"{key}_compile_s"] = time.perf_counter() - start
+            out[f"{key}_identical"] = bool(torch.equal(plain, generate(n, **engine_kwargs)[1]))
+    rounds: dict[str, list[float]] = {key: [] for key in scopes}
+    for i in range(args.rounds):
+        readings.append(bandwidth_gbs())  # the bandwidth moves within minutes on a shared host
+        for key in list(scopes) if i % 2 == 0 else list(scopes)[::-1]:
+            with scopes[key]():
+                rounds[key].append(rate(**engine_kwargs))
+    for key, rates in rounds.items():
+        out[f"{key}_tps"] = statistics.median(rates)
+        out[f"{key}_round_tps"] = rates
+    gains = [p / r for p, r in zip(rounds["packed"], rounds["reduction"], strict=True)]
+    out["packed_vs_reduction"] = statistics.median(gains)
+    own_bound = [
+        tps * weight_bytes / (gbs * 1e9) for tps, gbs in zip(rounds["packed"], readings[1:], strict=True)
+    ]
+    out["packed_of_round_bound"] = statistics.median(own_bound)
     torch._dynamo.reset()
-    with gemv_as_reduction():
-        start = time.perf_counter()
-        generate(8, cache_implementation="static", compile_config=compile_config)
-        out["reduction_compile_s"] = time.perf_counter() - start
-        out["reduction_tps"] = rate(cache_implementation="static", compile_config=compile_config)
-        reduced = generate(n, cache_implementation="static", compile_config=compile_config)[1]
-    out["reduction_identical"] = bool(torch.equal(plain, reduced))
-    torch._dynamo.reset()
-    out["bandwidth_after_gbs"] = bandwidth_gbs()
+    readings.append(bandwidth_gbs())
+    out["bandwidth_readings_gbs"] = readings
+    out["bandwidth_gbs"] = statistics.median(readings)
+    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
     out["prefill_300_s"] = prefill_s(model)
 
     # bf16 weights: half the bytes to read per token, but no native bf16 matmul on AVX2-only CPUs
@@ -115,7 +144,11 @@ def main() -> None:
         return f"{out[key]:.1f} ({out[key] / out[bound]:.0%} of bound)"
 
     rows = [
-        ("read bandwidth (GB/s)", f"{out['bandwidth_gbs']:.1f}", ""),
+        (
+            f"read bandwidth, median of {len(readings)} readings (GB/s)",
+            f"{out['bandwidth_gbs']:.1f} ({min(readings):.1f}-{max(readings):.1f})",
+            "",
+        ),
         ("bandwidth bound, fp32 (tok/s)", f"{out['bound_tps']:.1f}", ""),
         ("plain generate (tok/s)", share("plain_tps"), ">= 80%"),
         ("forward pass alone (tok/s)", share("forward_only_tps"), ""),
@@ -123,10 +156,19 @@ def main() -> None:
         ("static + torch.compile (tok/s)", share("compiled_tps"), ""),
         ("torch.compile warm-up (s)", f"{out['compile_s']:.1f}", ""),
         ("compiled == plain output", str(out["identical"]), "True"),
-        ("static + compile, matmuls as reductions (tok/s)", share("reduction_tps"), ">= 80%"),
+        (f"(next two: engine's cache size, median of {args.rounds} interleaved rounds)", "", ""),
+        ("static + compile, matmuls as reductions (tok/s)", share("reduction_tps"), ""),
         ("  its warm-up (s)", f"{out['reduction_compile_s']:.1f}", ""),
         ("  == plain output", str(out["reduction_identical"]), "True"),
-        ("read bandwidth after the compiled runs (GB/s)", f"{out['bandwidth_after_gbs']:.1f}", ""),
+        ("  + decode_attention: compile_decode (tok/s)", share("packed_tps"), ">= 80%"),
+        ("  its warm-up (s)", f"{out['packed_compile_s']:.1f}", ""),
+        ("  == plain output", str(out["packed_identical"]), "True"),
+        ("  decode_attention / reductions alone, per round", f"{out['packed_vs_reduction']:.2f}x", ""),
+        (
+            "  compile_decode vs the bound of its own round, median",
+            f"{out['packed_of_round_bound']:.0%}",
+            ">= 80%",
+        ),
         ("prefill, 300-token prompt (s)", f"{out['prefill_300_s']:.2f}", ""),
         ("bandwidth bound, bf16 weights (tok/s)", f"{out['bf16_bound_tps']:.1f}", ""),
         ("bf16 weights, plain generate (tok/s)", share("bf16_tps", "bf16_bound_tps"), ""),
