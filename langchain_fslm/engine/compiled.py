@@ -115,7 +115,8 @@ def decode_attention(
         query: ``(batch, heads, query_len, head_dim)``.
         key: ``(batch, kv_heads, kv_len, head_dim)``.
         value: ``(batch, kv_heads, kv_len, head_dim)``.
-        attention_mask: Boolean mask ``(batch, 1, query_len, kv_len)``, True where a position is seen.
+        attention_mask: Boolean mask ``(batch, 1, query_len, kv_len)``, True where a position is seen
+            (any other mask goes to SDPA).
         dropout: Dropout probability (only 0 takes this path).
         scaling: Score scale; ``head_dim ** -0.5`` if None.
         is_causal: Passed on to SDPA.
@@ -135,6 +136,7 @@ def decode_attention(
         and length == 1
         and mask is not None
         and mask.dtype == torch.bool
+        and mask.shape[1] == 1  # one mask for every head, as SDPA's mask function makes
         and dropout == 0.0
         and position_bias is None
         and not kwargs.get("softcap")
