@@ -16,7 +16,7 @@ CPU caches hold), and reports the bytes read per second against the machine's re
 - fp32 compiled by inductor as its own reduction kernels (``gemv_as_reduction``, what
   ``LocalEngine(compile_decode=True)`` runs; all products in one compiled function, compiled again for
   each thread count, since inductor fixes the thread count in the code it generates; one row only:
-  eight rows stay BLAS matmuls),
+  the compiled path takes single-row calls, and ``batch()``'s eight rows stay BLAS matmuls),
 
 each for one row (batch-1 decode) and eight rows (a ``batch()`` of 8), and for one row again on a single
 thread, which shows whether a kernel uses the second core's bandwidth at all. The "ceiling" rows turn
