@@ -4,12 +4,13 @@
 
 Same set-up as ``inference.py`` (the embedded SmolLM2-135M-Instruct, four random LoRA adapters of a
 trained one's size, the default four roles, greedy, no parse retries). In one process: the machine's
-read bandwidth and the batch-1 decode bound; the decode rate of a stage on the default engine and on a
-second engine with ``compile_decode=True`` (after its first, compiling call, which is timed on its
-own); then interleaved rounds of the same prompts through four ``HuggingFacePipeline`` objects (one
-model copy each, adapter merged), the default stack and the compiled stack, with the outputs
-compared. Writes ``benchmarks/results/compiled.json`` (``compiled-tokens<N>.json`` for another
-``--tokens``).
+read bandwidth (read at the start, around the decode rates and before each round; the bound uses the
+median, as the bandwidth moves within minutes on a shared host) and the batch-1 decode bound; the decode
+rate of a stage on the default engine and on a second engine with ``compile_decode=True`` (after its
+first, compiling call, which is timed on its own); then interleaved rounds of the same prompts through
+four ``HuggingFacePipeline`` objects (one model copy each, adapter merged), the default stack and the
+compiled stack, with the outputs compared. Writes ``benchmarks/results/compiled.json``
+(``compiled-tokens<N>.json`` for another ``--tokens``).
 """
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ def main() -> None:
         "compiled": FSLMChain.from_specs(specs(args.tokens), engine=compiled, adapter_root=adapters),
     }
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    out["bandwidth_gbs"] = bandwidth_gbs()
-    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
+    readings = [bandwidth_gbs()]  # more around the decode rates and in each round; the bound uses the median
 
     start = time.perf_counter()
     stacks["compiled"].invoke(PROMPTS[0])
@@ -68,8 +68,10 @@ def main() -> None:
     print(f"first compiled invoke (compiles): {out['first_compiled_invoke_s']:.1f} s", flush=True)
     stacks["default"].invoke(PROMPTS[0])
     adapter = stacks["default"].stages[2].adapter
+    readings.append(bandwidth_gbs())
     out["decode_tps_default"] = decode_rate(eager, adapter)
     out["decode_tps_compiled"] = decode_rate(compiled, adapter)
+    readings.append(bandwidth_gbs())
     print(f"decode {out['decode_tps_default']:.1f} vs {out['decode_tps_compiled']:.1f} tok/s", flush=True)
 
     pipes = naive_pipelines(adapters)
@@ -83,6 +85,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in ways}
     texts: dict[str, list[str]] = {}
     for _ in range(args.rounds):
+        readings.append(bandwidth_gbs())
         for name, run in ways.items():
             start = time.perf_counter()
             texts[name] = [run(p) for p in prompts]
@@ -93,11 +96,18 @@ def main() -> None:
         name: sum(a == b for a, b in zip(texts[name], texts["pipelines"], strict=True)) for name in ways
     }
     out["compared"] = len(prompts)
+    out["bandwidth_readings_gbs"] = readings
+    out["bandwidth_gbs"] = statistics.median(readings)
+    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
 
     median, bound = out["median_s"], out["bound_tps"]
     same = out["identical_to_pipelines"]
     rows = [
-        ("read bandwidth (GB/s)", f"{out['bandwidth_gbs']:.1f}", ""),
+        (
+            f"read bandwidth, median of {len(readings)} readings (GB/s)",
+            f"{out['bandwidth_gbs']:.1f} ({min(readings):.1f}-{max(readings):.1f})",
+            "",
+        ),
         ("batch-1 decode bound (tok/s)", f"{bound:.1f}", ""),
         ("stage decode, default engine (tok/s)", f"{out['decode_tps_default']:.1f}", ""),
         (
