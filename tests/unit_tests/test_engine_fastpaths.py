@@ -273,17 +273,19 @@ def test_inductor_compiles_one_row_matmuls_as_reductions_with_the_eager_text(tin
     assert compiled.model.config._attn_implementation == "sdpa"  # and the attention switch
 
 
-def test_decode_attention_equals_sdpa_for_grouped_heads_and_is_sdpa_outside_a_compile():
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_decode_attention_equals_sdpa_for_grouped_heads_and_is_sdpa_outside_a_compile(dtype, atol):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from langchain_fslm.engine.compiled import decode_attention
 
     torch.manual_seed(0)
+    kind = getattr(torch, dtype)
     module = torch.nn.Module()
     module.num_key_value_groups = 3  # type: ignore[assignment]
-    query = torch.randn(1, 6, 1, 16)  # six query heads sharing two key/value heads
-    key, value = torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16)
+    query = torch.randn(1, 6, 1, 16, dtype=kind)  # six query heads sharing two key/value heads
+    key, value = torch.randn(1, 2, 10, 16, dtype=kind), torch.randn(1, 2, 10, 16, dtype=kind)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     mask[..., 7:] = False  # unused slots of a static cache
     expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
@@ -297,8 +299,8 @@ def test_decode_attention_equals_sdpa_for_grouped_heads_and_is_sdpa_outside_a_co
         packed = traced(query, key, value, mask)
     finally:
         torch._dynamo.reset()
-    assert packed.shape == expected.shape == (1, 1, 6, 16)
-    assert torch.allclose(packed, expected, atol=1e-6)
+    assert packed.shape == expected.shape == (1, 1, 6, 16) and packed.dtype == kind
+    assert torch.allclose(packed.float(), expected.float(), atol=atol)
     assert torch.equal(attend(query, key, value, mask), expected)  # eager calls are SDPA's own
 
 
