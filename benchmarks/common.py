@@ -74,6 +74,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def bandwidth_bound(out: dict[str, Any], readings: list[float], weight_bytes: int) -> tuple[str, str, str]:
+    """Record the run's bandwidth readings and the decode bound of their median in ``out``; its table row.
+
+    The read bandwidth of a shared host moves within minutes, so scripts read it several times and
+    take the median (``bandwidth_gbs``, ``bound_tps``: weights read once per token).
+    """
+    import statistics
+
+    out["bandwidth_readings_gbs"] = readings
+    out["bandwidth_gbs"] = statistics.median(readings)
+    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
+    return (
+        f"read bandwidth, median of {len(readings)} readings (GB/s)",
+        f"{out['bandwidth_gbs']:.1f} ({min(readings):.1f}-{max(readings):.1f})",
+        "",
+    )
+
+
 def report(name: str, rows: list[tuple[str, str, str]], data: dict[str, Any]) -> Path:
     """Print a table (what, measured, target) and write the JSON next to the other results."""
     width = max(len(r[0]) for r in rows)

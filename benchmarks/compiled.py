@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, random_lora, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, machine, random_lora, report  # noqa: E402
 from benchmarks.inference import (  # noqa: E402
     PROMPTS,
     STAGES,
@@ -96,18 +96,12 @@ def main() -> None:
         name: sum(a == b for a, b in zip(texts[name], texts["pipelines"], strict=True)) for name in ways
     }
     out["compared"] = len(prompts)
-    out["bandwidth_readings_gbs"] = readings
-    out["bandwidth_gbs"] = statistics.median(readings)
-    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
+    bandwidth_row = bandwidth_bound(out, readings, weight_bytes)
 
     median, bound = out["median_s"], out["bound_tps"]
     same = out["identical_to_pipelines"]
     rows = [
-        (
-            f"read bandwidth, median of {len(readings)} readings (GB/s)",
-            f"{out['bandwidth_gbs']:.1f} ({min(readings):.1f}-{max(readings):.1f})",
-            "",
-        ),
+        bandwidth_row,
         ("batch-1 decode bound (tok/s)", f"{bound:.1f}", ""),
         ("stage decode, default engine (tok/s)", f"{out['decode_tps_default']:.1f}", ""),
         (

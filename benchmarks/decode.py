@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
 
@@ -126,9 +126,7 @@ def main() -> None:
     out["packed_of_round_bound"] = statistics.median(own_bound)
     torch._dynamo.reset()
     readings.append(bandwidth_gbs())
-    out["bandwidth_readings_gbs"] = readings
-    out["bandwidth_gbs"] = statistics.median(readings)
-    out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes
+    bandwidth_row = bandwidth_bound(out, readings, weight_bytes)
     out["prefill_300_s"] = prefill_s(model)
 
     # bf16 weights: half the bytes to read per token, but no native bf16 matmul on AVX2-only CPUs
@@ -144,11 +142,7 @@ def main() -> None:
         return f"{out[key]:.1f} ({out[key] / out[bound]:.0%} of bound)"
 
     rows = [
-        (
-            f"read bandwidth, median of {len(readings)} readings (GB/s)",
-            f"{out['bandwidth_gbs']:.1f} ({min(readings):.1f}-{max(readings):.1f})",
-            "",
-        ),
+        bandwidth_row,
         ("bandwidth bound, fp32 (tok/s)", f"{out['bound_tps']:.1f}", ""),
         ("plain generate (tok/s)", share("plain_tps"), ">= 80%"),
         ("forward pass alone (tok/s)", share("forward_only_tps"), ""),

@@ -338,7 +338,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                 the stage when they have an adapter, else for the base model.
             compile_decode: Turn on compiled decoding in the local engine
                 (:meth:`LocalEngine.enable_compile_decode`, shared with every stack on that engine):
-                about 2x faster decoding on a CPU after a compile on first use; for long-running
+                about 2.4x faster decoding on a CPU after a compile on first use; for long-running
                 processes. Needs local stages.
             **kwargs: Other :class:`FSLMChain` fields.
 

@@ -92,8 +92,8 @@ class LocalEngine:
         compile_decode: Run single-row calls with their adapter merged into the base weights, a
             static KV cache and ``torch.compile``, one-row matmuls compiled as inductor reductions and
             the attention fused into the layer kernels (:mod:`~langchain_fslm.engine.compiled`):
-            about 2.4x faster decoding on a CPU once compiled,
-            at the price of a compile on first use. Off by default.
+            about 2.4x faster decoding on a CPU once compiled, at the price of a compile on first use.
+            Off by default.
     """
 
     def __init__(
