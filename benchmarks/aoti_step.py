@@ -2,18 +2,21 @@
 
     HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/aoti_step.py [--tokens 64] [--rounds 4]
 
-An experiment, not an engine path. ``LocalEngine(compile_decode=True)`` runs each decode step through
-dynamo's guards, inductor's Python wrapper and transformers' ``generate`` loop. Here the same step (same
-scope: ``gemv_as_reduction``, ``decode_attention``, the engine's 512-token static cache) is exported
-with ``torch.export`` and compiled by AOTInductor into a shared library with a C++ wrapper. The weights
-are left out of the library and pointed at the model's own tensors (``load_constants(user_managed=True)``:
-no second copy), the key/value cache is passed in as tensors the step writes into, and a plain greedy
-loop in Python calls it (EOS suppressed, like ``min_new_tokens``). On the embedded SmolLM2-135M-Instruct
-(fp32), side by side in interleaved rounds: compile_decode's ``generate``; the AOTInductor step in that
-loop; the AOTInductor step alone, called repeatedly on one position (the step's own time, no loop);
-the bound from the median of bandwidth readings taken at the start, before each round and at the end.
-Greedy outputs are compared with plain ``generate``. The AOTInductor compile takes two to three minutes on
-two cores (reported). Writes ``benchmarks/results/aoti_step.json``.
+An experiment, not an engine path. ``LocalEngine(compile_decode=True)`` runs each decode step
+through dynamo's guards, inductor's Python wrapper and transformers' ``generate`` loop. Here the same
+step (same scope: ``gemv_as_reduction``, ``decode_attention``, the engine's 512-token static cache) is
+exported with ``torch.export`` and compiled by AOTInductor into a shared library with a C++ wrapper.
+The weights are left out of the library and pointed at the model's own tensors
+(``load_constants(user_managed=True)``: no second copy), the key/value cache is passed in as tensors
+the step writes into, and a plain greedy loop in Python calls it (EOS suppressed, like
+``min_new_tokens``). On the embedded SmolLM2-135M-Instruct (fp32), side by side in interleaved
+rounds: compile_decode's ``generate``; the AOTInductor step in that loop; the AOTInductor step alone,
+called repeatedly on one position (the step's own time, no loop); the step's matrix products alone
+(``gemv.py``'s compiled reductions over the same weights, nothing else of the model: the step's time
+if the rest of its kernels cost nothing); the bound from the median of bandwidth readings taken at
+the start, before each round and at the end. Greedy outputs are compared with plain ``generate``.
+The AOTInductor compile takes two to three minutes on two cores (reported). Writes
+``benchmarks/results/aoti_step.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
+from benchmarks.gemv import compiled_products  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
 
@@ -145,6 +149,23 @@ def main() -> None:
             tn = min(generate(n, **engine_kwargs)[0] for _ in range(2))
         return (n - 1) / (tn - t1)
 
+    # the products alone (the tied output head once), compiled first: compiled_products resets
+    # dynamo, which would drop the compile_decode graph compiled below
+    weights = {
+        m.weight.data_ptr(): m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)
+    }
+    products = compiled_products(list(weights.values()))
+    rows_in = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights.values()}
+    with torch.inference_mode():
+        products(rows_in)
+
+    def products_alone(calls: int = 30) -> float:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            for _ in range(calls):
+                products(rows_in)
+            return calls / (time.perf_counter() - start)
+
     plain = generate(n)[1][0].tolist()
     out["aoti_identical"] = aoti_decode()[1] == plain
     start = time.perf_counter()
@@ -156,6 +177,7 @@ def main() -> None:
         "compile_decode": compile_decode_rate,
         "aoti_loop": lambda: aoti_decode()[0],
         "aoti_step": step_alone,
+        "products": products_alone,
     }
     rounds: dict[str, list[float]] = {key: [] for key in variants}
     for i in range(args.rounds):
@@ -182,6 +204,7 @@ def main() -> None:
         ("compile_decode, generate (tok/s)", share("compile_decode_tps"), ">= 80%"),
         ("AOTInductor step, greedy loop (tok/s)", share("aoti_loop_tps"), ">= 80%"),
         ("AOTInductor step alone, no loop (steps/s)", share("aoti_step_tps"), ""),
+        ("its matrix products alone (runs/s)", share("products_tps"), ""),
         ("AOTInductor loop / compile_decode, per round", f"{out['aoti_vs_compile_decode']:.2f}x", ""),
         ("AOTInductor compile (s)", f"{out['aoti_compile_s']:.0f}", ""),
         ("AOTInductor == plain output", str(out["aoti_identical"]), "True"),
