@@ -110,7 +110,7 @@ def main() -> None:
         return compiled.loader.boxed_run([token, torch.tensor(position), *keys, *values])[0]
 
     def aoti_decode() -> tuple[float, list[int]]:
-        """Eager prefill into the cache, then ``n`` greedy steps of the compiled step: (tokens/s, tokens)."""
+        """Eager prefill, then ``n`` greedy tokens (``n - 1`` compiled steps): (tokens/s, tokens)."""
         with torch.inference_mode():
             # the export left its traced tensors in the cache object: point it at ours again, empty
             for layer, k, v in zip(cache.layers, keys, values, strict=True):
