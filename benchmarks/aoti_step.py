@@ -193,6 +193,9 @@ def main() -> None:
     out["aoti_vs_compile_decode"] = statistics.median(
         a / c for a, c in zip(rounds["aoti_loop"], rounds["compile_decode"], strict=True)
     )
+    out["step_vs_products"] = statistics.median(
+        a / p for a, p in zip(rounds["aoti_step"], rounds["products"], strict=True)
+    )
 
     def share(key: str) -> str:
         return f"{out[key]:.1f} ({out[key] / out['bound_tps']:.0%} of bound)"
@@ -206,6 +209,7 @@ def main() -> None:
         ("AOTInductor step alone, no loop (steps/s)", share("aoti_step_tps"), ""),
         ("its matrix products alone (runs/s)", share("products_tps"), ""),
         ("AOTInductor loop / compile_decode, per round", f"{out['aoti_vs_compile_decode']:.2f}x", ""),
+        ("AOTInductor step alone / its products alone, per round", f"{out['step_vs_products']:.2f}x", ""),
         ("AOTInductor compile (s)", f"{out['aoti_compile_s']:.0f}", ""),
         ("AOTInductor == plain output", str(out["aoti_identical"]), "True"),
         ("compile_decode == plain output", str(out["compile_decode_identical"]), "True"),
