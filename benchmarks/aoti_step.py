@@ -32,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
-from benchmarks.gemv import compiled_products  # noqa: E402
+from benchmarks.decode import generate_rate, timed_generate  # noqa: E402
+from benchmarks.gemv import compiled_products, linear_weights  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
 
@@ -71,7 +72,8 @@ def main() -> None:
     model, tokenizer = load_base_model(BaseModelRef())
     model.eval()
     n = args.tokens
-    prompt = tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    inputs = tokenizer(PROMPTS[1], return_tensors="pt")
+    prompt = inputs["input_ids"]
     length = prompt.shape[1]
     eos = model.generation_config.eos_token_id
     eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []))
@@ -135,27 +137,16 @@ def main() -> None:
                 run_step(token, length)
             return calls / (time.perf_counter() - start)
 
-    def generate(tokens: int, **kwargs: Any) -> tuple[float, Any]:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            greedy = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
-            result = model.generate(prompt, **greedy, **kwargs)
-            return time.perf_counter() - start, result
-
     def compile_decode_rate() -> float:
-        """compile_decode's tokens/s: (n-token time - 1-token time) / (n - 1), best of 2, as in decode.py."""
+        """compile_decode's decode tokens/s, measured as ``decode.py`` measures it."""
         with decode.call(model, None):
-            t1 = min(generate(1, **engine_kwargs)[0] for _ in range(2))
-            tn = min(generate(n, **engine_kwargs)[0] for _ in range(2))
-        return (n - 1) / (tn - t1)
+            return generate_rate(model, inputs, n, **engine_kwargs)
 
-    # the products alone (the tied output head once), compiled first: compiled_products resets
-    # dynamo, which would drop the compile_decode graph compiled below
-    weights = {
-        m.weight.data_ptr(): m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)
-    }
-    products = compiled_products(list(weights.values()))
-    rows_in = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights.values()}
+    # the products alone, compiled first: compiled_products resets dynamo, which would drop the
+    # compile_decode graph compiled below
+    weights = linear_weights(model)
+    products = compiled_products(weights)
+    rows_in = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
     with torch.inference_mode():
         products(rows_in)
 
@@ -166,11 +157,13 @@ def main() -> None:
                 products(rows_in)
             return calls / (time.perf_counter() - start)
 
-    plain = generate(n)[1][0].tolist()
+    plain = timed_generate(model, inputs, n)[1][0].tolist()
     out["aoti_identical"] = aoti_decode()[1] == plain
     start = time.perf_counter()
     with decode.call(model, None):
-        out["compile_decode_identical"] = generate(n, **engine_kwargs)[1][0].tolist() == plain
+        out["compile_decode_identical"] = (
+            timed_generate(model, inputs, n, **engine_kwargs)[1][0].tolist() == plain
+        )
     out["compile_decode_compile_s"] = time.perf_counter() - start
 
     variants = {

@@ -32,6 +32,24 @@ from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
 
+def timed_generate(model: Any, inputs: Any, tokens: int, **kwargs: Any) -> tuple[float, Any]:
+    """Greedy ``generate`` of exactly ``tokens`` new tokens (EOS suppressed): (seconds, output ids)."""
+    import torch
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        greedy = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+        out = model.generate(**inputs, **greedy, **kwargs)
+        return time.perf_counter() - start, out
+
+
+def generate_rate(model: Any, inputs: Any, tokens: int, **kwargs: Any) -> float:
+    """Decode tokens/s without the prefill: (n-token time - 1-token time) / (n - 1), best of 2."""
+    t1 = min(timed_generate(model, inputs, 1, **kwargs)[0] for _ in range(2))
+    tn = min(timed_generate(model, inputs, tokens, **kwargs)[0] for _ in range(2))
+    return (tokens - 1) / (tn - t1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
@@ -51,17 +69,10 @@ def main() -> None:
     n = args.tokens
 
     def generate(tokens: int, model: Any = model, inputs: Any = ids, **kwargs: Any) -> tuple[float, Any]:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            greedy = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
-            out = model.generate(**inputs, **greedy, **kwargs)
-            return time.perf_counter() - start, out
+        return timed_generate(model, inputs, tokens, **kwargs)
 
     def rate(model: Any = model, **kwargs: Any) -> float:
-        """Decode tokens/s without the prefill: (n-token time - 1-token time) / (n - 1), best of 2."""
-        t1 = min(generate(1, model, **kwargs)[0] for _ in range(2))
-        tn = min(generate(n, model, **kwargs)[0] for _ in range(2))
-        return (n - 1) / (tn - t1)
+        return generate_rate(model, ids, n, **kwargs)
 
     def prefill_s(model: Any) -> float:
         """Time to the first token of a 300-token prompt, best of 2."""

@@ -52,6 +52,16 @@ def best_time(run: Callable[[], object], repeats: int = 3) -> float:
     return best
 
 
+def linear_weights(model: Any) -> list[torch.Tensor]:
+    """The weight of every ``nn.Linear`` in ``model``, each storage once (a tied output head counts once)."""
+    import torch
+
+    weights = {
+        m.weight.data_ptr(): m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)
+    }
+    return list(weights.values())
+
+
 def compiled_products(weights: list[torch.Tensor]) -> Callable[[dict[int, torch.Tensor]], object]:
     """All one-row products in one function, compiled afresh with one-row matmuls as reductions."""
     import torch
@@ -79,11 +89,7 @@ def main() -> None:
     from langchain_fslm.models import BaseModelRef, load_base_model
 
     model, _ = load_base_model(BaseModelRef())
-    weights: dict[int, torch.Tensor] = {}  # by storage, so the tied head counts once
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            weights[module.weight.data_ptr()] = module.weight.detach()
-    stored = list(weights.values())
+    stored = linear_weights(model)
     variants = {
         "fp32 as stored": [(w, "linear") for w in stored],
         "fp32 input-major": [(w.t().contiguous(), "input-major") for w in stored],
