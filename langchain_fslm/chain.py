@@ -383,17 +383,24 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
 
     @classmethod
     def default(
-        cls, base_model: BaseModelRef | str | None = None, *, max_new_tokens: int | None = None
+        cls,
+        base_model: BaseModelRef | str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        compile_decode: bool = False,
     ) -> FSLMChain:
         """The default four-stage stack (intent → key points → draft → answer), zero-shot.
 
         Args:
             base_model: Base model (default: the embedded SmolLM2-135M-Instruct).
             max_new_tokens: Override every stage's generation budget.
+            compile_decode: Turn on compiled decoding in the local engine (see :meth:`from_specs`).
         """
         from langchain_fslm.roles import default_stage_specs
 
-        return cls.from_specs(default_stage_specs(max_new_tokens), base_model=base_model)
+        return cls.from_specs(
+            default_stage_specs(max_new_tokens), base_model=base_model, compile_decode=compile_decode
+        )
 
     @classmethod
     def from_pretrained(

@@ -40,6 +40,14 @@ def run(
     max_new_tokens: Annotated[
         Optional[int], typer.Option(help="Override every stage's generation budget.")
     ] = None,
+    compile_decode: Annotated[
+        bool,
+        typer.Option(
+            help="Compile the decode step (torch.compile): about 2x the decode rate, but the first "
+            "call compiles (20 to 40 s on a 2-core CPU), so a one-shot run gains only when its stages "
+            "generate long texts. See docs/performance.md."
+        ),
+    ] = False,
 ) -> None:
     """Answer PROMPT with a stack and print the answer (and, if asked, the handoffs)."""
     from langchain_fslm.chain import FSLMChain
@@ -49,12 +57,12 @@ def run(
 
     try:
         if stack is not None:
-            chain = FSLMChain.from_pretrained(stack)
+            chain = FSLMChain.from_pretrained(stack, compile_decode=compile_decode)
             if max_new_tokens:
                 for s in chain.stages:
                     chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
         else:
-            chain = FSLMChain.default(base, max_new_tokens=max_new_tokens)
+            chain = FSLMChain.default(base, max_new_tokens=max_new_tokens, compile_decode=compile_decode)
         logger = HandoffLogger(handoff_log)
         answer = chain.invoke(prompt, config={"callbacks": [logger]})
     except (FSLMError, ModelNotFoundError) as err:

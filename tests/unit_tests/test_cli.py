@@ -37,3 +37,36 @@ def test_info_on_a_broken_folder_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["info", str(tmp_path)])
     assert result.exit_code == 2
     assert "no stack manifest" in result.output
+
+
+def test_run_with_compile_decode_takes_the_compiled_path(tiny_model_dir, tiny_engine, monkeypatch):
+    import torch._dynamo
+
+    from langchain_fslm.engine import local
+    from langchain_fslm.engine.compiled import CompiledDecode
+
+    calls: list[str | None] = []
+
+    class Traced(CompiledDecode):  # dynamo traces the step, no inductor codegen (fast)
+        def __init__(self) -> None:
+            super().__init__(backend="eager")
+
+        def call(self, model, adapter):  # type: ignore[no-untyped-def]
+            calls.append(adapter)
+            return super().call(model, adapter)
+
+    monkeypatch.setattr(local, "CompiledDecode", Traced)
+    monkeypatch.setattr(tiny_engine, "compiled", None)  # the shared engine gets it back afterwards
+    args = ["run", "hi", "--base", str(tiny_model_dir), "--max-new-tokens", "3"]
+    torch._dynamo.reset()
+    try:
+        plain = runner.invoke(app, args)
+        assert plain.exit_code == 0, plain.output
+        assert calls == [] and tiny_engine.compiled is None  # off unless asked for
+        result = runner.invoke(app, [*args, "--compile-decode"])
+    finally:
+        torch._dynamo.reset()
+    assert result.exit_code == 0, result.output
+    assert isinstance(tiny_engine.compiled, Traced)
+    assert len(calls) == 4  # each of the four stages decoded on the compiled path
+    assert result.output == plain.output  # the same greedy answer
