@@ -110,7 +110,7 @@ class ChatFSLM(BaseChatModel):
     streaming: bool = False
     model_name: str | None = Field(default=None, alias="model")
     structured: Any = Field(default=None, exclude=True)
-    """Set by :meth:`with_structured_output`: ``(schema, parser)`` for the last stage."""
+    """Set by :meth:`with_structured_output`: ``(schema, parser, on_parse_error)`` for the last stage."""
 
     @property
     def _llm_type(self) -> str:
@@ -150,10 +150,9 @@ class ChatFSLM(BaseChatModel):
 
         stack = self.stack
         if self.structured is not None:
-            schema, parser = self.structured
-            stack = stack.model_copy(
-                update={"stages": [*stack.stages[:-1], structured_stage(stack.stages[-1], schema, parser)]}
-            )
+            schema, parser, on_parse_error = self.structured
+            last = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
+            stack = stack.model_copy(update={"stages": [*stack.stages[:-1], last]})
         last = stack.stages[-1].generation
         stops = [*last.stop, *(self.stop or []), *(stop or [])]
         return stack.with_generation(
@@ -271,8 +270,10 @@ class ChatFSLM(BaseChatModel):
 
         The last stage's prompt asks for the format and its output type becomes ``schema``, so a reply that
         does not parse is regenerated (the stage's ``parse_retries``) and then raises
-        :class:`~langchain_fslm.errors.StageOutputError`. A :class:`~langchain_fslm.outputs.StageOutput`
-        subclass is parsed from plain text; a pydantic model, TypedDict or JSON schema dict from JSON.
+        :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last reply is
+        returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
+        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from plain text; a pydantic
+        model, TypedDict or JSON schema dict from JSON.
 
         Args:
             schema: The output schema (None only with ``method="json_mode"``).
@@ -290,7 +291,8 @@ class ChatFSLM(BaseChatModel):
         if kwargs:
             raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
         parser = schema_parser(schema, method)
-        llm = self.model_copy(update={"structured": (schema, parser)}).bind(
+        on_parse_error = "pass_raw" if include_raw else "raise"
+        llm = self.model_copy(update={"structured": (schema, parser, on_parse_error)}).bind(
             ls_structured_output_format={
                 "kwargs": {"method": method or "json_schema", "strict": strict},
                 "schema": convert_to_json_schema(schema) if schema is not None else None,

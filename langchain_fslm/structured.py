@@ -79,8 +79,9 @@ def structured_output_type(parser: BaseOutputParser[Any]) -> type[StageOutput]:
         def from_text(cls, text: str) -> Structured:
             try:
                 return cls(value=parser.parse(text))
-            except OutputParserException as err:
-                raise ValueError(str(err)) from None
+            except OutputParserException as err:  # re-raised as one again by the stage's parser: keep
+                # the message, not LangChain's troubleshooting link, which that would add a second time
+                raise ValueError(str(err).split("\nFor troubleshooting")[0]) from None
 
         def as_text(self) -> str:
             return to_text(self.value)
@@ -99,8 +100,14 @@ def to_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def structured_stage(stage: SLMRunnable, schema: Any, parser: BaseOutputParser[Any]) -> SLMRunnable:
-    """A copy of ``stage`` that asks for ``schema`` and parses into it (raising once retries are spent)."""
+def structured_stage(
+    stage: SLMRunnable, schema: Any, parser: BaseOutputParser[Any], on_parse_error: str = "raise"
+) -> SLMRunnable:
+    """A copy of ``stage`` that asks for ``schema`` and parses into it.
+
+    Once its retries are spent it raises (``on_parse_error="raise"``) or passes the raw text on
+    (``"pass_raw"``, for ``include_raw=True``, where the caller's parser records the error).
+    """
     output_type = schema if is_stage_output(schema) else structured_output_type(parser)
     instructions = format_instructions(schema).replace("{", "{{").replace("}", "}}")
     return SLMRunnable(
@@ -112,5 +119,5 @@ def structured_stage(stage: SLMRunnable, schema: Any, parser: BaseOutputParser[A
         generation=stage.generation,
         system=stage.system,
         parse_retries=stage.parse_retries,
-        on_parse_error="raise",
+        on_parse_error=on_parse_error,
     )

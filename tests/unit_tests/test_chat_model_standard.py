@@ -128,8 +128,15 @@ def test_structured_output_include_raw_and_failure():
     assert isinstance(result["raw"], AIMessage) and result["parsing_error"] is None
     assert result["parsed"] == {"setup": "A", "punchline": "B"}
     bad = ChatFSLM(stack=one_stage(JsonEngine(["nope", "still nope"]))).with_structured_output(Joke)
-    with pytest.raises(StageOutputError, match="answer"):
+    with pytest.raises(StageOutputError, match="answer") as failure:
         bad.invoke("joke")
+    assert str(failure.value).count("For troubleshooting") == 1  # LangChain's link once, not twice
+    engine = JsonEngine(["nope", "still nope"])
+    raw = ChatFSLM(stack=one_stage(engine)).with_structured_output(Joke, include_raw=True)
+    result = raw.invoke("joke")  # LangChain's contract: the error is returned, not raised
+    assert len(engine.prompts) == 2  # the stage still regenerated once before giving up
+    assert result["raw"].content == "still nope" and result["parsed"] is None
+    assert isinstance(result["parsing_error"], Exception)
 
 
 def test_json_mode_without_schema():
