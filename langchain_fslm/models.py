@@ -223,10 +223,13 @@ def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:
             logger.warning("Ignoring broken model cache %s (%s); converting again.", cached, err)
             shutil.rmtree(cached, ignore_errors=True)
     logger.info("De-quantising %s (first load only; cached in %s).", gguf_path, cached)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.path, gguf_file=resolved.gguf_file, dtype=_torch_dtype(ref.dtype)
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, gguf_file=resolved.gguf_file, dtype=_torch_dtype(ref.dtype)
+        )
+    except (OSError, ValueError) as err:  # not a GGUF file, or an architecture transformers cannot read
+        raise ModelNotFoundError(f"Could not load GGUF file {gguf_path}: {_sentence(err)}") from err
     try:
         _write_plain_copy(model, tokenizer, cached)
     except OSError as err:  # a read-only home must not stop the load
@@ -235,6 +238,11 @@ def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(ref.dtype), use_safetensors=True)
     return model, tokenizer
+
+
+def _sentence(err: Exception) -> str:
+    """An error's message as one sentence ending in a single period."""
+    return str(err).strip().rstrip(".") + "."
 
 
 def _write_plain_copy(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -283,6 +291,11 @@ def load_base_model(ref: BaseModelRef | str | None = None) -> tuple[PreTrainedMo
     if resolved.gguf_file:
         model, tokenizer = _load_gguf(resolved, ref)
     else:
+        if resolved.is_local and not (Path(resolved.path) / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"Base model folder {resolved.path} has no config.json: give a folder written by "
+                "save_pretrained, a hub id or a .gguf file."
+            )
         kwargs: dict[str, Any] = {
             "revision": ref.revision,
             "trust_remote_code": ref.trust_remote_code,
@@ -292,10 +305,10 @@ def load_base_model(ref: BaseModelRef | str | None = None) -> tuple[PreTrainedMo
             model = AutoModelForCausalLM.from_pretrained(
                 resolved.path, dtype=_torch_dtype(ref.dtype), use_safetensors=True, **kwargs
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: e.g. a folder with no tokenizer files
             raise ModelNotFoundError(
-                f"Could not load base model {ref.source!r}: {err}. Only safetensors weights are "
-                "loaded; hub ids need network access or a filled Hugging Face cache."
+                f"Could not load base model {ref.source!r}: {_sentence(err)} Only safetensors weights "
+                "are loaded; hub ids need network access or a filled Hugging Face cache."
             ) from err
     model.eval()
     return model, prepare_tokenizer(tokenizer)

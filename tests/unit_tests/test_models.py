@@ -18,3 +18,17 @@ def test_file_hash_is_remembered_and_invalidated_by_changes(tmp_path, monkeypatc
     assert models._file_hash(f) == first and calls == []  # remembered: the file is not re-read
     f.write_bytes(b"abcd")  # size changes -> hashed again
     assert models._file_hash(f) == "x" and calls == [f]
+
+
+def test_a_folder_or_file_that_is_not_a_model_is_a_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("FSLM_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file" * 8)
+    for source, named in ((empty, "empty"), (junk, "junk.gguf")):
+        with pytest.raises(models.ModelNotFoundError, match=named) as failure:
+            models.load_base_model(str(source))
+        assert ".." not in str(failure.value)  # one sentence, one period
