@@ -151,8 +151,8 @@ class ChatFSLM(BaseChatModel):
         stack = self.stack
         if self.structured is not None:
             schema, parser, on_parse_error = self.structured
-            last = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
-            stack = stack.model_copy(update={"stages": [*stack.stages[:-1], last]})
+            typed = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
+            stack = stack.model_copy(update={"stages": [*stack.stages[:-1], typed]})
         last = stack.stages[-1].generation
         stops = [*last.stop, *(self.stop or []), *(stop or [])]
         return stack.with_generation(
