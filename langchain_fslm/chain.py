@@ -431,7 +431,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         if manifest.base_model.trust_remote_code and not trust_remote_code:
             raise ManifestError(
                 f"{Path(folder) / 'fslm_stack.json'}: base_model.trust_remote_code is true; loading it "
-                "would run code from the model repository. Pass trust_remote_code=True if you trust it."
+                "would run code from the model repository. Pass trust_remote_code=True (fslm run: "
+                "--trust-remote-code) if you trust it."
             )
         return cls.from_specs(
             manifest.stages,

@@ -10,6 +10,7 @@ import typer
 
 from langchain_fslm import cli_training, export_vllm
 from langchain_fslm.evaluation import commands as eval_commands
+from langchain_fslm.manifest import MANIFEST_FILE
 
 app = typer.Typer(
     help="Fine-tuned stacks of small language models (FSLM) for LangChain.",
@@ -21,6 +22,11 @@ app = typer.Typer(
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+def _stack_folder(path: Path) -> Path:
+    """The stack folder, also when given its manifest file."""
+    return path.parent if path.name == MANIFEST_FILE and path.is_file() else path
 
 
 @app.command()
@@ -38,7 +44,7 @@ def run(
         Optional[Path], typer.Option(help="Append handoffs to this JSON-lines file.")
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option(help="Override every stage's generation budget.")
+        Optional[int], typer.Option(min=1, help="Override every stage's generation budget.")
     ] = None,
     compile_decode: Annotated[
         bool,
@@ -48,6 +54,10 @@ def run(
             "generate long texts. See docs/performance.md."
         ),
     ] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(help="Allow a stack whose base model needs code from its repository (it runs)."),
+    ] = False,
 ) -> None:
     """Answer PROMPT with a stack and print the answer (and, if asked, the handoffs)."""
     from langchain_fslm.chain import FSLMChain
@@ -55,9 +65,13 @@ def run(
     from langchain_fslm.handoff import HandoffLogger
     from langchain_fslm.models import ModelNotFoundError
 
+    if stack is not None and base is not None:
+        raise _fail("--base is for the default stack; a stack folder names its own base model")
     try:
         if stack is not None:
-            chain = FSLMChain.from_pretrained(stack, compile_decode=compile_decode)
+            chain = FSLMChain.from_pretrained(
+                _stack_folder(stack), compile_decode=compile_decode, trust_remote_code=trust_remote_code
+            )
             if max_new_tokens:
                 for s in chain.stages:
                     chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
@@ -88,11 +102,12 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
     from langchain_fslm.manifest import load_manifest
 
     try:
-        manifest = load_manifest(folder)
+        manifest = load_manifest(_stack_folder(folder))
     except FSLMError as err:
         raise _fail(str(err)) from None
     typer.echo(f"stack:      {manifest.name} (format v{manifest.format_version})")
-    typer.echo(f"base model: {json.dumps(manifest.base_model.model_dump(exclude_defaults=True))}")
+    base = manifest.base_model.model_dump(exclude_defaults=True)
+    typer.echo(f"base model: {json.dumps(base) if base else 'the embedded default (SmolLM2-135M-Instruct)'}")
     for i, stage in enumerate(manifest.stages, 1):
         adapter = stage.adapter or "(none: zero-shot)"
         typer.echo(
