@@ -22,6 +22,22 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _require_lm_eval() -> None:
+    """Fail with the install command when lm-eval (the ``eval`` extra) is missing."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        message = "fslm eval runs lm-eval, which is not installed: pip install 'langchain-fslm[eval]'"
+        raise _fail(message) from None
+
+
+def _check_out(out: Path) -> None:
+    """Fail before any scoring when ``--out`` (or a folder above it) is a file, so no work is lost."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise _fail(f"--out {out}: {path} is a file, not a folder")
+
+
 def _sample_note(full: bool, seed: int, limit: int | None) -> str:
     from langchain_fslm.evaluation.tasks import SAMPLE_NOTE, SAMPLE_SIZE
 
@@ -72,11 +88,14 @@ def eval_command(
 ) -> None:
     """Score a stack on the local benchmark suite; write results.json, results.md and results.png."""
     from langchain_fslm.errors import FSLMError
+
+    _require_lm_eval()
     from langchain_fslm.evaluation.lm_eval_model import FSLMLM
     from langchain_fslm.evaluation.report import Bar, write_outputs
     from langchain_fslm.evaluation.runner import evaluate
     from langchain_fslm.models import ModelNotFoundError
 
+    _check_out(out)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     try:
         lm = FSLMLM(
@@ -102,7 +121,10 @@ def eval_command(
         Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"]) for name, t in results["tasks"].items()
     ]
     title = f"{label}: accuracy, 95% CI (seeded samples, not official tinyBenchmarks)"
-    paths = write_outputs(out, results=results, markdown=eval_markdown(results), bars=bars, title=title)
+    try:
+        paths = write_outputs(out, results=results, markdown=eval_markdown(results), bars=bars, title=title)
+    except OSError as err:
+        raise _fail(f"cannot write the results to {out} ({err})") from None
     typer.echo(eval_markdown(results))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -159,6 +181,7 @@ def compare_command(
     from langchain_fslm.evaluation.tasks import load_task, task_spec
     from langchain_fslm.models import ModelNotFoundError
 
+    _check_out(out)
     try:
         factory = load_chain_factory(chain) if chain else None
         items = load_task(task, full=full, limit=limit, seed=seed)
@@ -178,7 +201,10 @@ def compare_command(
     bars = [Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance) for m in models_out]
     title = f"{task}: accuracy of the same chain per model, 95% CI (seeded sample)"
     markdown = compare_markdown(results)
-    paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
+    try:
+        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
+    except OSError as err:
+        raise _fail(f"cannot write the results to {out} ({err})") from None
     typer.echo(markdown)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 

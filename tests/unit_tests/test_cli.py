@@ -70,3 +70,34 @@ def test_run_with_compile_decode_takes_the_compiled_path(tiny_model_dir, tiny_en
     assert isinstance(tiny_engine.compiled, Traced)
     assert len(calls) == 4  # each of the four stages decoded on the compiled path
     assert result.output == plain.output  # the same greedy answer
+
+
+def test_run_flags_that_cannot_apply_are_clear_errors(tiny_model_dir, tiny_engine, tmp_path):
+    folder = FSLMChain.from_specs(default_stage_specs(4), engine=tiny_engine).save_pretrained(tmp_path / "s")
+    both = runner.invoke(app, ["run", "hi", "--stack", str(folder), "--base", str(tiny_model_dir)])
+    assert both.exit_code == 2 and "--base is for the default stack" in both.output
+    negative = runner.invoke(app, ["run", "hi", "--base", str(tiny_model_dir), "--max-new-tokens", "0"])
+    assert negative.exit_code == 2 and "max-new-tokens" in negative.output  # typer's own range check
+    manifest = runner.invoke(app, ["info", str(folder / "fslm_stack.json")])  # the manifest file itself
+    assert manifest.exit_code == 0, manifest.output
+    assert "base model: {" in manifest.output  # a folder base model is printed as its reference
+
+
+def test_fslm_works_without_the_eval_extra():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # as if lm-eval were not installed
+        "from typer.testing import CliRunner\n"
+        "from langchain_fslm.cli import app\n"
+        "result = CliRunner().invoke(app, ['run', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "result = CliRunner().invoke(app, ['eval', '--limit', '1'])\n"  # a clear error, before any work
+        "assert result.exit_code == 2 and 'langchain-fslm[eval]' in result.output, result.output\n"
+        "import langchain_fslm.evaluation as e\n"
+        "try:\n    e.FSLMLM\nexcept ImportError as err:\n    assert 'eval' in str(err)\n"
+        "else:\n    raise AssertionError('FSLMLM without lm-eval')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

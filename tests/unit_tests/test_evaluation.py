@@ -267,6 +267,23 @@ def test_compare_runs_two_models_and_writes_outputs(tiny_model_dir, tiny_stack_d
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_out_that_is_a_file_fails_before_any_scoring(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("scoring started")
+
+    monkeypatch.setattr("langchain_fslm.evaluation.lm_eval_model.FSLMLM", must_not_run)
+    monkeypatch.setattr("langchain_fslm.evaluation.compare.load_chain_factory", must_not_run)
+    monkeypatch.setattr("langchain_fslm.evaluation.tasks.load_task", must_not_run)
+    file = tmp_path / "results.txt"
+    file.write_text("keep me")
+    for out in (file, file / "sub"):
+        for args in (["eval"], ["compare", "-m", "default"]):
+            result = runner.invoke(app, [*args, "--out", str(out)])
+            assert result.exit_code == 2, result.output
+            assert f"error: --out {out}: {file} is a file, not a folder" in result.output
+    assert file.read_text() == "keep me"
+
+
 def test_bad_model_specs_are_clear_errors(tmp_path):
     with pytest.raises(ModelSpecError, match="Unknown model spec"):
         resolve_spec("nonsense")
