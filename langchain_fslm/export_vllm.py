@@ -72,15 +72,19 @@ class VllmPlan(BaseModel):
                 return rank
         raise AdapterError(f"LoRA rank {needed} is above vLLM's maximum {VLLM_LORA_RANKS[-1]}")
 
+    def command_lines(self) -> list[list[str]]:
+        """The ``vllm serve`` arguments grouped as the script lays them out: one flag and its value a line."""
+        lines = [["vllm", "serve", self.base], ["--host", self.host], ["--port", str(self.port)]]
+        if self.modules:
+            lines += [["--enable-lora"], ["--lora-modules"]]
+            lines += [[f"{m.stage}={m.path}"] for m in self.modules]
+            # every stage's adapter may sit in one batch, so allow all of them at once
+            lines += [["--max-lora-rank", str(self.max_lora_rank)], ["--max-loras", str(len(self.modules))]]
+        return lines
+
     def command(self) -> list[str]:
         """The ``vllm serve`` argument list."""
-        cmd = ["vllm", "serve", self.base, "--host", self.host, "--port", str(self.port)]
-        if self.modules:
-            cmd += ["--enable-lora", "--lora-modules"]
-            cmd += [f"{m.stage}={m.path}" for m in self.modules]
-            # every stage's adapter may sit in one batch, so allow all of them at once
-            cmd += ["--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.modules))]
-        return cmd
+        return [arg for line in self.command_lines() for arg in line]
 
     def shell(self) -> str:
         """The command as one shell line."""
@@ -137,7 +141,8 @@ def vllm_plan(
 
 def render(plan: VllmPlan, folder: str | Path) -> str:
     """A shell script: the adapter layout as comments, then the serve command."""
-    lines = ["#!/usr/bin/env bash", f"# Serve the FSLM stack {Path(folder).resolve()} on vLLM.", "#"]
+    stack = str(Path(folder).resolve())
+    lines = ["#!/usr/bin/env bash", f"# Serve the FSLM stack {stack} on vLLM.", "#"]
     lines.append("# stage (= served model name)   rank  targets                 adapter")
     for m in plan.modules:
         lines.append(f"# {m.stage:<30} {m.rank:<5} {','.join(m.target_modules):<23} {m.path}")
@@ -146,16 +151,17 @@ def render(plan: VllmPlan, folder: str | Path) -> str:
     lines += [
         "#",
         "# Then, in Python:",
-        f"#   FSLMChain.from_pretrained({str(folder)!r}, backend='remote',",
+        f"#   FSLMChain.from_pretrained({stack!r}, backend='remote',",
         f"#                             remote={{'base_url': {plan.base_url()!r}, 'model': {plan.base!r}}})",
         "set -euo pipefail",
-        "exec " + " \\\n  ".join(shlex.quote(a) for a in plan.command()),
+        "exec " + " \\\n  ".join(shlex.join(line) for line in plan.command_lines()),
         "",
     ]
     return "\n".join(lines)
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -190,6 +196,10 @@ def vllm(
         raise typer.Exit(code=2) from None
     script = render(plan, folder)
     if write is not None:
-        _write_atomically(write, script)
+        try:
+            _write_atomically(write, script)
+        except OSError as err:
+            typer.secho(f"error: cannot write {write} ({err})", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
         typer.secho(f"wrote {write}", fg=typer.colors.GREEN, err=True)
     typer.echo(script, nl=False)

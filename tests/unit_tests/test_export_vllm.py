@@ -3,13 +3,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from langchain_fslm import FSLMChain, GenerationConfig, ManifestError, StageSpec
 from langchain_fslm.cli import app
-from langchain_fslm.export_vllm import vllm_plan
+from langchain_fslm.export_vllm import LoraModule, VllmPlan, render, vllm_plan
 
 runner = CliRunner()
 
@@ -51,16 +54,40 @@ def test_rank_rounds_up_to_a_vllm_value(stack_dir):
     assert vllm_plan(stack_dir).max_lora_rank == 32
 
 
-def test_cli_prints_and_writes_the_script(stack_dir, tmp_path):
-    script = tmp_path / "serve.sh"
+def test_cli_prints_and_writes_the_script(stack_dir, tmp_path, tiny_model_dir):
+    script = tmp_path / "missing" / "folders" / "serve.sh"  # created, like --handoff-log's
     result = runner.invoke(app, ["export", "vllm", str(stack_dir), "--port", "9000", "--write", str(script)])
     assert result.exit_code == 0, result.output
     text = script.read_text()
     assert text in result.output
     assert os.access(script, os.X_OK)
     assert "# middle" in text and "base model" in text
-    command = shlex.split(text.split("exec ", 1)[1].replace("\\\n", " "))
+    assert f"FSLMChain.from_pretrained({str(stack_dir.resolve())!r}" in text
+    serve = text.split("exec ", 1)[1]
+    assert serve.startswith(f"vllm serve {shlex.quote(str(tiny_model_dir))} \\\n")
+    assert "  --port 9000 \\\n" in serve and serve.endswith("  --max-loras 2\n")
+    command = shlex.split(serve.replace("\\\n", " "))
     assert command == vllm_plan(stack_dir, port=9000).command()
+    if shutil.which("bash"):
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+
+
+def test_cli_write_error_is_clean(stack_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["export", "vllm", str(stack_dir), "--write", str(blocker / "serve.sh")])
+    assert result.exit_code == 2 and "error: cannot write" in result.output
+
+
+def test_scaling_doc_shows_the_script_as_written():
+    modules = [
+        LoraModule(stage=s, path=f"/data/my-stack/adapters/{s}", rank=8, target_modules=["q_proj", "v_proj"])
+        for s in ("intent", "key_points", "draft", "answer")
+    ]
+    plan = VllmPlan(base="HuggingFaceTB/SmolLM2-135M-Instruct", modules=modules, base_stages=[])
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text(encoding="utf-8")
+    assert f"```bash\n{render(plan, '/data/my-stack')}```" in doc
 
 
 def test_embedded_default_maps_to_its_hub_id_and_gguf_needs_base(stack_dir):
