@@ -18,6 +18,7 @@ A config file has a ``distill:`` and/or a ``train:`` section holding the same na
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_fslm.errors import FSLMError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the tomli backport has the same API
+    import tomli as tomllib
 
 
 class ConfigError(FSLMError, ValueError):
@@ -130,8 +136,6 @@ def _read(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
-            import tomllib  # Python >= 3.11
-
             data: Any = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}
