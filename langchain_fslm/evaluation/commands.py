@@ -121,11 +121,12 @@ def eval_command(
         Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"]) for name, t in results["tasks"].items()
     ]
     title = f"{label}: accuracy, 95% CI (seeded samples, not official tinyBenchmarks)"
+    markdown = eval_markdown(results)
+    typer.echo(markdown)  # first, so a failed write below does not lose the scores
     try:
-        paths = write_outputs(out, results=results, markdown=eval_markdown(results), bars=bars, title=title)
+        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
     except OSError as err:
         raise _fail(f"cannot write the results to {out} ({err})") from None
-    typer.echo(eval_markdown(results))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -201,11 +202,11 @@ def compare_command(
     bars = [Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance) for m in models_out]
     title = f"{task}: accuracy of the same chain per model, 95% CI (seeded sample)"
     markdown = compare_markdown(results)
+    typer.echo(markdown)  # first, so a failed write below does not lose the scores
     try:
         paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
     except OSError as err:
         raise _fail(f"cannot write the results to {out} ({err})") from None
-    typer.echo(markdown)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
