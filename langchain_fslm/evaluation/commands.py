@@ -38,6 +38,21 @@ def _check_out(out: Path) -> None:
             raise _fail(f"--out {out}: {path} is a file, not a folder")
 
 
+def _publish(out: Path, results: dict[str, Any], markdown: str, bars: list[Any], title: str) -> None:
+    """Print the results table, then write results.json/.md/.png to ``out``.
+
+    The table is printed first, so a write that fails does not lose the scores.
+    """
+    from langchain_fslm.evaluation.report import write_outputs
+
+    typer.echo(markdown)
+    try:
+        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
+    except OSError as err:
+        raise _fail(f"cannot write the results to {out} ({err})") from None
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def _sample_note(full: bool, seed: int, limit: int | None) -> str:
     from langchain_fslm.evaluation.tasks import SAMPLE_NOTE, SAMPLE_SIZE
 
@@ -91,7 +106,7 @@ def eval_command(
 
     _require_lm_eval()
     from langchain_fslm.evaluation.lm_eval_model import FSLMLM
-    from langchain_fslm.evaluation.report import Bar, write_outputs
+    from langchain_fslm.evaluation.report import Bar
     from langchain_fslm.evaluation.runner import evaluate
     from langchain_fslm.models import ModelNotFoundError
 
@@ -121,13 +136,7 @@ def eval_command(
         Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"]) for name, t in results["tasks"].items()
     ]
     title = f"{label}: accuracy, 95% CI (seeded samples, not official tinyBenchmarks)"
-    markdown = eval_markdown(results)
-    typer.echo(markdown)  # first, so a failed write below does not lose the scores
-    try:
-        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
-    except OSError as err:
-        raise _fail(f"cannot write the results to {out} ({err})") from None
-    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _publish(out, results, eval_markdown(results), bars, title)
 
 
 def compare_markdown(results: dict[str, Any]) -> str:
@@ -178,7 +187,7 @@ def compare_command(
     """Run one chain with several models swapped in; write results.json, results.md and results.png."""
     from langchain_fslm.errors import FSLMError
     from langchain_fslm.evaluation.compare import compare, load_chain_factory
-    from langchain_fslm.evaluation.report import Bar, write_outputs
+    from langchain_fslm.evaluation.report import Bar
     from langchain_fslm.evaluation.tasks import load_task, task_spec
     from langchain_fslm.models import ModelNotFoundError
 
@@ -201,13 +210,7 @@ def compare_command(
     chance = task_spec(task).chance if task_spec(task).kind == "multiple_choice" else None
     bars = [Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance) for m in models_out]
     title = f"{task}: accuracy of the same chain per model, 95% CI (seeded sample)"
-    markdown = compare_markdown(results)
-    typer.echo(markdown)  # first, so a failed write below does not lose the scores
-    try:
-        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
-    except OSError as err:
-        raise _fail(f"cannot write the results to {out} ({err})") from None
-    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _publish(out, results, compare_markdown(results), bars, title)
 
 
 __all__ = ["compare_command", "compare_markdown", "eval_command", "eval_markdown"]
