@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from langchain_fslm import cli_training, export_vllm
+from langchain_fslm.cli_errors import fail
 from langchain_fslm.evaluation import commands as eval_commands
 from langchain_fslm.manifest import MANIFEST_FILE
 
@@ -17,11 +18,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 def _stack_folder(path: Path) -> Path:
@@ -66,7 +62,7 @@ def run(
     from langchain_fslm.models import ModelNotFoundError
 
     if stack is not None and base is not None:
-        raise _fail("--base is for the default stack; a stack folder names its own base model")
+        raise fail("--base is for the default stack; a stack folder names its own base model")
     try:
         if stack is not None:
             chain = FSLMChain.from_pretrained(
@@ -80,7 +76,7 @@ def run(
         logger = HandoffLogger(handoff_log)
         answer = chain.invoke(prompt, config={"callbacks": [logger]})
     except (FSLMError, ModelNotFoundError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     if show_handoffs:
         for record in logger.records:
             typer.secho(
@@ -104,7 +100,7 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
     try:
         manifest = load_manifest(_stack_folder(folder))
     except FSLMError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     typer.echo(f"stack:      {manifest.name} (format v{manifest.format_version})")
     base = manifest.base_model.model_dump(exclude_defaults=True)
     typer.echo(f"base model: {json.dumps(base) if base else 'the embedded default (SmolLM2-135M-Instruct)'}")

@@ -8,14 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from langchain_fslm.cli_errors import fail
+
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="YAML/TOML config file; flags override its values.")
 ]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 def distill(
@@ -71,7 +68,7 @@ def distill(
             max_new_tokens=cfg.max_new_tokens,
         )
     except FSLMError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     typer.echo(json.dumps(stats.model_dump()))
 
 
@@ -134,7 +131,7 @@ def train(
         )
         result = train_single_lora(cfg) if single else train_stack(cfg)
     except FSLMError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     if result.stack is not None:
         typer.echo(json.dumps(result.model_dump(mode="json", exclude={"losses"})))
 
@@ -169,7 +166,7 @@ def heldout(
                 chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
         result = evaluate_chain(chain, rows, str(stack or "base"), batch_size=batch_size)
     except FSLMError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     text = json.dumps(result.model_dump(), indent=2)
     if out:
         tmp = out.with_name(out.name + ".tmp")

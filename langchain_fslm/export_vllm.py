@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import BaseModel
 
+from langchain_fslm.cli_errors import fail
 from langchain_fslm.errors import AdapterError, FSLMError, ManifestError
 from langchain_fslm.manifest import load_manifest
 from langchain_fslm.models import EMBEDDED_DEFAULT
@@ -192,14 +193,12 @@ def vllm(
     try:
         plan = vllm_plan(folder, base=base, host=host, port=port)
     except FSLMError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(err)) from None
     script = render(plan, folder)
     if write is not None:
         try:
             _write_atomically(write, script)
         except OSError as err:
-            typer.secho(f"error: cannot write {write} ({err})", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(f"cannot write {write} ({err})") from None
         typer.secho(f"wrote {write}", fg=typer.colors.GREEN, err=True)
     typer.echo(script, nl=False)

@@ -11,31 +11,29 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from langchain_fslm.cli_errors import fail
+
 TASKS_HELP = (
     "Comma-separated tasks: arc_easy, arc_challenge, mmlu, winogrande, truthfulqa_mc1, hellaswag, gsm8k."
 )
 DEFAULT_EVAL_TASKS = "arc_easy,arc_challenge,mmlu,winogrande,truthfulqa_mc1,hellaswag"
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
-
-
 def _require_lm_eval() -> None:
     """Fail with the install command when lm-eval (the ``eval`` extra) is missing."""
+    from langchain_fslm.evaluation import EVAL_EXTRA
+
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        message = "fslm eval runs lm-eval, which is not installed: pip install 'langchain-fslm[eval]'"
-        raise _fail(message) from None
+        raise fail(f"fslm eval runs lm-eval; {EVAL_EXTRA}") from None
 
 
 def _check_out(out: Path) -> None:
     """Fail before any scoring when ``--out`` (or a folder above it) is a file, so no work is lost."""
     for path in (out, *out.parents):
         if path.exists() and not path.is_dir():
-            raise _fail(f"--out {out}: {path} is a file, not a folder")
+            raise fail(f"--out {out}: {path} is a file, not a folder")
 
 
 def _publish(out: Path, results: dict[str, Any], markdown: str, bars: list[Any], title: str) -> None:
@@ -49,7 +47,7 @@ def _publish(out: Path, results: dict[str, Any], markdown: str, bars: list[Any],
     try:
         paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
     except OSError as err:
-        raise _fail(f"cannot write the results to {out} ({err})") from None
+        raise fail(f"cannot write the results to {out} ({err})") from None
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -122,7 +120,7 @@ def eval_command(
         )
         results = evaluate(lm, names, limit=limit, full=full, seed=seed)
     except (FSLMError, ModelNotFoundError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     label = f"{Path(stack).name if stack else 'fslm-default (zero-shot)'} [{scoring}]"
     results = {
         "kind": "fslm-eval",
@@ -197,7 +195,7 @@ def compare_command(
         items = load_task(task, full=full, limit=limit, seed=seed)
         models_out = compare(models, items, chain_factory=factory, max_new_tokens=max_new_tokens)
     except (FSLMError, ModelNotFoundError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     results = {
         "kind": "fslm-compare",
         "task": task,
