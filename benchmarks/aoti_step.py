@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, interleaved_rounds, machine, param_bytes, report  # noqa: E402
 from benchmarks.decode import generate_rate, timed_generate  # noqa: E402
 from benchmarks.gemv import compiled_products, linear_weights  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
@@ -172,17 +172,9 @@ def main() -> None:
         "aoti_step": step_alone,
         "products": products_alone,
     }
-    rounds: dict[str, list[float]] = {key: [] for key in variants}
-    for i in range(args.rounds):
-        readings.append(bandwidth_gbs())
-        for key in list(variants) if i % 2 == 0 else list(variants)[::-1]:
-            rounds[key].append(variants[key]())
+    rounds = interleaved_rounds(out, variants, args.rounds, readings)
     readings.append(bandwidth_gbs())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth_row = bandwidth_bound(out, readings, weight_bytes)
-    for key, rates in rounds.items():
-        out[f"{key}_tps"] = statistics.median(rates)
-        out[f"{key}_round_tps"] = rates
+    bandwidth_row = bandwidth_bound(out, readings, param_bytes(model))
     out["aoti_vs_compile_decode"] = statistics.median(
         a / c for a, c in zip(rounds["aoti_loop"], rounds["compile_decode"], strict=True)
     )

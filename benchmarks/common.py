@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import random
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,33 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+
+
+def param_bytes(model: Any) -> int:
+    """Bytes of a model's parameters (a tied output head once): what batch-1 decode reads per token."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def interleaved_rounds(
+    out: dict[str, Any], variants: dict[str, Callable[[], float]], rounds: int, readings: list[float]
+) -> dict[str, list[float]]:
+    """Time close variants side by side: each round reads the bandwidth, then runs every variant once.
+
+    The order is reversed every other round, so neither side always runs first. Appends the round's
+    bandwidth reading to ``readings``, records each variant's median as ``out[f"{key}_tps"]`` and its
+    rounds as ``out[f"{key}_round_tps"]``, and returns the rounds' rates by variant.
+    """
+    from benchmarks.inference import bandwidth_gbs
+
+    rates: dict[str, list[float]] = {key: [] for key in variants}
+    for i in range(rounds):
+        readings.append(bandwidth_gbs())  # the bandwidth moves within minutes on a shared host
+        for key in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+            rates[key].append(variants[key]())
+    for key, values in rates.items():
+        out[f"{key}_tps"] = statistics.median(values)
+        out[f"{key}_round_tps"] = values
+    return rates
 
 
 def bandwidth_bound(out: dict[str, Any], readings: list[float], weight_bytes: int) -> tuple[str, str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bandwidth_bound, machine, random_lora, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, machine, param_bytes, random_lora, report  # noqa: E402
 from benchmarks.inference import (  # noqa: E402
     PROMPTS,
     STAGES,
@@ -59,7 +59,7 @@ def main() -> None:
         "default": FSLMChain.from_specs(specs(args.tokens), engine=eager, adapter_root=adapters),
         "compiled": FSLMChain.from_specs(specs(args.tokens), engine=compiled, adapter_root=adapters),
     }
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = param_bytes(model)
     readings = [bandwidth_gbs()]  # more around the decode rates and in each round; the bound uses the median
 
     start = time.perf_counter()

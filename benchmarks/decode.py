@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, interleaved_rounds, machine, param_bytes, report  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def main() -> None:
 
     out: dict[str, Any] = {"machine": machine(), "tokens": n}
     readings = [bandwidth_gbs()]  # more in the rounds below and one at the end; the bound uses their median
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = param_bytes(model)
     out["plain_tps"] = rate()
     out["forward_only_tps"] = forward_rate()
     out["static_tps"] = rate(cache_implementation="static")
@@ -120,15 +120,13 @@ def main() -> None:
             generate(8, **engine_kwargs)
             out[f"{key}_compile_s"] = time.perf_counter() - start
             out[f"{key}_identical"] = bool(torch.equal(plain, generate(n, **engine_kwargs)[1]))
-    rounds: dict[str, list[float]] = {key: [] for key in scopes}
-    for i in range(args.rounds):
-        readings.append(bandwidth_gbs())  # the bandwidth moves within minutes on a shared host
-        for key in list(scopes) if i % 2 == 0 else list(scopes)[::-1]:
-            with scopes[key]():
-                rounds[key].append(rate(**engine_kwargs))
-    for key, rates in rounds.items():
-        out[f"{key}_tps"] = statistics.median(rates)
-        out[f"{key}_round_tps"] = rates
+
+    def scoped_rate(key: str) -> float:
+        with scopes[key]():
+            return rate(**engine_kwargs)
+
+    variants = {key: lambda key=key: scoped_rate(key) for key in scopes}
+    rounds = interleaved_rounds(out, variants, args.rounds, readings)
     gains = [p / r for p, r in zip(rounds["packed"], rounds["reduction"], strict=True)]
     out["packed_vs_reduction"] = statistics.median(gains)
     own_bound = [

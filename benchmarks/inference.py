@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import generate_calls, machine, random_lora, report, rss_mib  # noqa: E402
+from benchmarks.common import generate_calls, machine, param_bytes, random_lora, report, rss_mib  # noqa: E402
 
 TARGETS = ["q_proj", "v_proj"]
 STAGES = ["intent", "key_points", "draft", "answer"]
@@ -216,7 +216,7 @@ def main() -> None:
         random_lora(model, adapters / name, seed=i + 1, targets=TARGETS)
     engine = LocalEngine(model, tokenizer, base_ref=BaseModelRef())
     stack = FSLMChain.from_specs(specs(args.tokens), engine=engine, adapter_root=adapters)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = param_bytes(model)
 
     # 1-2. memory (fresh processes) and bandwidth bound
     for kind in ("memory-base", "memory-stack", "memory-pipelines"):

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bandwidth_bound, machine, report  # noqa: E402
+from benchmarks.common import bandwidth_bound, interleaved_rounds, machine, param_bytes, report  # noqa: E402
 from benchmarks.decode import generate_rate, timed_generate  # noqa: E402
 from benchmarks.inference import PROMPTS, bandwidth_gbs  # noqa: E402
 
@@ -59,7 +59,7 @@ def fp32_gguf(model: Any, tokenizer: Any, converter: Path) -> Path:
     return target
 
 
-def weight_bytes(path: Path) -> int:
+def gguf_bytes(path: Path) -> int:
     """Bytes of all tensors in a GGUF file: what one decoded token reads."""
     from gguf import GGUFReader
 
@@ -113,8 +113,8 @@ def main() -> None:
         k: Llama(model_path=str(p), n_threads=threads, n_ctx=512, logits_all=True, verbose=False)
         for k, p in files.items()
     }
-    nbytes = {k: weight_bytes(p) for k, p in files.items()}
-    torch_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    nbytes = {k: gguf_bytes(p) for k, p in files.items()}
+    torch_bytes = param_bytes(model)
 
     out: dict[str, Any] = {"machine": machine(), "tokens": n, "threads": threads, "gguf_bytes": nbytes}
     out["torch_weight_bytes"] = torch_bytes
@@ -126,24 +126,25 @@ def main() -> None:
         timed_generate(model, ids, 8, **kwargs)  # compiles
         out["compile_s"] = time.perf_counter() - start
 
-    readings = [bandwidth_gbs()]
-    rounds: dict[str, list[float]] = {"f32": [], "q4_1": [], "compile_decode": []}
     texts: dict[str, str] = {}
-    for i in range(args.rounds):
-        readings.append(bandwidth_gbs())  # the bandwidth moves within minutes on a shared host
-        order = list(rounds) if i % 2 == 0 else list(rounds)[::-1]
-        for key in order:
-            if key == "compile_decode":
-                with decode.call(model, None):
-                    rounds[key].append(generate_rate(model, ids, n, **kwargs))
-            else:
-                rate, texts[key] = llamacpp_loop(engines[key], ids["input_ids"][0].tolist(), n)
-                rounds[key].append(rate)
+
+    def llamacpp_rate(key: str) -> float:
+        rate, texts[key] = llamacpp_loop(engines[key], ids["input_ids"][0].tolist(), n)
+        return rate
+
+    def compile_decode_rate() -> float:
+        with decode.call(model, None):
+            return generate_rate(model, ids, n, **kwargs)
+
+    variants = {
+        "f32": lambda: llamacpp_rate("f32"),
+        "q4_1": lambda: llamacpp_rate("q4_1"),
+        "compile_decode": compile_decode_rate,
+    }
+    readings = [bandwidth_gbs()]
+    rounds = interleaved_rounds(out, variants, args.rounds, readings)
     readings.append(bandwidth_gbs())
     bandwidth_row = bandwidth_bound(out, readings, torch_bytes)
-    for key, rates in rounds.items():
-        out[f"{key}_tps"] = statistics.median(rates)
-        out[f"{key}_round_tps"] = rates
     q4_bound = out["bandwidth_gbs"] * 1e9 / nbytes["q4_1"]
     out["q4_1_bound_tps"] = q4_bound
     ratios = [a / b for a, b in zip(rounds["f32"], rounds["compile_decode"], strict=True)]
