@@ -338,16 +338,25 @@ def _as_text(value: Any) -> str:
 async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
     """Drive a blocking iterator from async code, one ``next`` per executor call.
 
-    Every ``next`` runs on the same worker thread: the engine's stream holds a thread-owned lock across
-    yields, which another thread cannot release.
+    Every ``next``, and the final ``close``, runs on the same worker thread, so a blocking generator
+    that keeps thread-bound state across yields is always resumed and closed where it started.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     loop = asyncio.get_running_loop()
     done = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fslm-stream") as worker:
-        while True:
-            item = await loop.run_in_executor(worker, next, iterator, done)
-            if item is done:
-                return
-            yield item  # type: ignore[misc]
+        try:
+            while True:
+                item = await loop.run_in_executor(worker, next, iterator, done)
+                if item is done:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            # A consumer that stops early (break, cancellation, client disconnect) must close the
+            # iterator on the same worker thread: its ``finally`` releases the engine's thread-owned
+            # lock. Left to the garbage collector, it runs on another thread, cannot release the
+            # lock, and every later call on the engine blocks forever.
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                await asyncio.shield(loop.run_in_executor(worker, close))

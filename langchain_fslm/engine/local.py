@@ -437,57 +437,61 @@ class LocalEngine:
 
         config = request.config
         text = self.fit(request)
-        with self.lock:
-            encoded = self._encode([text], config.max_new_tokens)
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            kwargs = self._generate_kwargs(config)
-            kwargs.update(self._adapter_kwargs([request.adapter]))
-            if config.stop:
-                kwargs["stopping_criteria"] = [
-                    _stopping_criteria(self.tokenizer, [list(config.stop)], encoded["input_ids"].shape[1])
-                ]
-            if config.seed is not None:
-                torch.manual_seed(config.seed)
-            errors: list[BaseException] = []
+        encoded = self._encode([text], config.max_new_tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(config)
+        kwargs.update(self._adapter_kwargs([request.adapter]))
+        if config.stop:
+            kwargs["stopping_criteria"] = [
+                _stopping_criteria(self.tokenizer, [list(config.stop)], encoded["input_ids"].shape[1])
+            ]
+        errors: list[BaseException] = []
 
-            def run() -> None:
-                try:
+        def run() -> None:
+            # The generating thread holds the model lock, not the consumer: a consumer that calls
+            # the engine between chunks waits for this generation instead of running beside it
+            # (re-entering the lock from its own thread), and a stream dropped on another thread
+            # never has to release a lock it does not own.
+            try:
+                with self.lock:
+                    if config.seed is not None:
+                        torch.manual_seed(config.seed)
                     with torch.inference_mode():
                         self.model.generate(**encoded, **kwargs, streamer=streamer)
-                except BaseException as err:  # surfaced in the caller's thread below
-                    errors.append(err)
-                    streamer.end()
+            except BaseException as err:  # surfaced in the caller's thread below
+                errors.append(err)
+                streamer.end()
 
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            emitted = ""
-            buffer = ""
-            ended = False
-            hold = max((len(s) for s in config.stop), default=1) - 1
-            try:
-                for piece in streamer:
-                    buffer = (buffer + piece).lstrip()
-                    text, hit = cut_at_stop(buffer, config.stop)
-                    if hit:
-                        if text[len(emitted) :]:
-                            yield text[len(emitted) :]
-                        emitted = text
-                        break
-                    safe = buffer[: len(buffer) - hold] if hold > 0 else buffer
-                    if len(safe) > len(emitted):
-                        yield safe[len(emitted) :]
-                        emitted = safe
-                else:
-                    ended = True
-                    if buffer[len(emitted) :]:
-                        yield buffer[len(emitted) :]
-            finally:
-                if not ended:  # stopped early (stop string or consumer left): let the worker finish
-                    for _ in streamer:
-                        pass
-                worker.join()
-            if errors:
-                raise errors[0]
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        emitted = ""
+        buffer = ""
+        ended = False
+        hold = max((len(s) for s in config.stop), default=1) - 1
+        try:
+            for piece in streamer:
+                buffer = (buffer + piece).lstrip()
+                text, hit = cut_at_stop(buffer, config.stop)
+                if hit:
+                    if text[len(emitted) :]:
+                        yield text[len(emitted) :]
+                    emitted = text
+                    break
+                safe = buffer[: len(buffer) - hold] if hold > 0 else buffer
+                if len(safe) > len(emitted):
+                    yield safe[len(emitted) :]
+                    emitted = safe
+            else:
+                ended = True
+                if buffer[len(emitted) :]:
+                    yield buffer[len(emitted) :]
+        finally:
+            if not ended:  # stopped early (stop string or consumer left): let the worker finish
+                for _ in streamer:
+                    pass
+            worker.join()
+        if errors:
+            raise errors[0]
 
     # ----------------------------------------------------------------------------- scoring
     def loglikelihood(
