@@ -544,15 +544,34 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         return StackOutput if self.include_handoffs else str
 
     # ----------------------------------------------------------------------------- Runnable API
+    def _for_call(self, kwargs: dict[str, Any]) -> FSLMChain:
+        """This stack with per-call LLM arguments applied (``stop``: extra stops for the last stage).
+
+        Raises:
+            TypeError: For any other keyword argument, naming it.
+        """
+        stop = kwargs.pop("stop", None)
+        if kwargs:
+            raise TypeError(
+                f"{self.get_name()} got unsupported keyword argument(s) {sorted(kwargs)}; a stack "
+                "takes only stop=[...] per call (generation settings: with_generation())."
+            )
+        if not stop:
+            return self
+        if isinstance(stop, str):
+            stop = [stop]
+        last = self.stages[-1].generation
+        return self.with_generation(stop=list(dict.fromkeys([*last.stop, *stop])))
+
     def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        """Run every stage on one input; return the final answer."""
-        return self.sequence.invoke(input, config, **kwargs)
+        """Run every stage on one input; return the final answer (``stop=`` adds stop sequences)."""
+        return self._for_call(kwargs).sequence.invoke(input, config)
 
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Any:
         """Async :meth:`invoke`."""
-        return await self.sequence.ainvoke(input, config, **kwargs)
+        return await self._for_call(kwargs).sequence.ainvoke(input, config)
 
     def batch(
         self,
@@ -563,7 +582,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         **kwargs: Any,
     ) -> list[Any]:
         """Run many inputs, each stage batched over all of them (one generate per stage)."""
-        return self.sequence.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return self._for_call(kwargs).sequence.batch(inputs, config, return_exceptions=return_exceptions)
 
     async def abatch(
         self,
@@ -574,13 +593,15 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch`."""
-        return await self.sequence.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        stack = self._for_call(kwargs)
+        return await stack.sequence.abatch(inputs, config, return_exceptions=return_exceptions)
 
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[str]:
         """Run the upstream stages, then stream the last stage's text as it is generated."""
-        yield from self._transform_stream_with_config(iter([input]), self._stream, config)  # type: ignore[arg-type,misc]
+        stack = self._for_call(kwargs)
+        yield from stack._transform_stream_with_config(iter([input]), stack._stream, config)  # type: ignore[arg-type,misc]
 
     def _stream(self, inputs: Iterator[Any], config: RunnableConfig) -> Iterator[str]:
         state = _initial_state(next(inputs))
@@ -597,7 +618,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         async def one() -> AsyncIterator[Any]:
             yield input
 
-        async for piece in self._atransform_stream_with_config(one(), self._astream, config):  # type: ignore[arg-type,misc]
+        stack = self._for_call(kwargs)
+        async for piece in stack._atransform_stream_with_config(one(), stack._astream, config):  # type: ignore[arg-type,misc]
             yield piece
 
     async def _astream(self, inputs: AsyncIterator[Any], config: RunnableConfig) -> AsyncIterator[str]:

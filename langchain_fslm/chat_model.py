@@ -73,6 +73,13 @@ def _usage(output: StackOutput) -> UsageMetadata:
     )
 
 
+_CALL_KWARGS = frozenset(
+    {"temperature", "max_tokens", "model"}
+    | {"stream", "ls_structured_output_format", "structured_output_format"}
+)
+"""Keyword arguments ChatFSLM accepts per call (LangChain itself passes the last three)."""
+
+
 class ChatFSLM(BaseChatModel):
     """A stack as a LangChain chat model.
 
@@ -148,6 +155,15 @@ class ChatFSLM(BaseChatModel):
     def _configured(self, stop: list[str] | None, **kwargs: Any) -> FSLMChain:
         from langchain_fslm.structured import structured_stage
 
+        n = kwargs.pop("n", 1)
+        if n not in (None, 1):
+            raise ValueError(f"ChatFSLM returns one reply per call; n={n!r} is not supported (use batch()).")
+        unknown = sorted(set(kwargs) - _CALL_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"ChatFSLM got unsupported keyword argument(s) {unknown}; per call it takes "
+                "stop, temperature, max_tokens and model."
+            )
         stack = self.stack
         if self.structured is not None:
             schema, parser, on_parse_error = self.structured

@@ -49,8 +49,44 @@ def schema_parser(schema: Any, method: str | None = None) -> BaseOutputParser[An
         return StageOutputParser(output_type=schema)
     if is_basemodel_subclass(schema):
         return PydanticOutputParser(pydantic_object=schema)
-    convert_to_json_schema(schema)  # raises a clear error for anything that is not a schema
-    return JsonOutputParser()
+    spec = convert_to_json_schema(schema)  # raises a clear error for anything that is not a schema
+    return CheckedJsonOutputParser(check=_schema_check(schema, spec))
+
+
+class CheckedJsonOutputParser(JsonOutputParser):
+    """``JsonOutputParser`` that also checks a complete reply against the schema (partial chunks are not)."""
+
+    check: Any = None
+
+    def parse_result(self, result: Any, *, partial: bool = False) -> Any:  # noqa: D102
+        value = super().parse_result(result, partial=partial)
+        if not partial and self.check is not None:
+            try:
+                self.check(value)
+            except (ValueError, TypeError) as err:
+                raise OutputParserException(f"The JSON does not match the schema: {err}") from err
+        return value
+
+
+def _schema_check(schema: Any, spec: dict[str, Any]) -> Any:
+    """A function that raises ValueError when a parsed value does not fit ``schema`` (TypedDict or dict)."""
+    from typing_extensions import is_typeddict
+
+    if is_typeddict(schema):
+        from pydantic import TypeAdapter
+
+        adapter = TypeAdapter(schema)
+        return adapter.validate_python  # pydantic's ValidationError is a ValueError
+
+    def check(value: Any) -> None:
+        if spec.get("type", "object") == "object":
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+            missing = [k for k in spec.get("required", []) if k not in value]
+            if missing:
+                raise ValueError(f"missing required key(s) {missing}")
+
+    return check
 
 
 def format_instructions(schema: Any) -> str:

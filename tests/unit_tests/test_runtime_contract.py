@@ -1,12 +1,14 @@
-"""LangChain runtime contract: early-closed streams, streams and calls on one engine."""
+"""LangChain runtime contract: early-closed streams, per-call kwargs, structured-output schema checks."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from typing_extensions import TypedDict
 
-from langchain_fslm import FSLMChain
+from langchain_fslm import ChatFSLM, FSLMChain, StageOutputError, StageSpec
+from langchain_fslm.engine.base import Generation
 from langchain_fslm.roles import default_stage_specs
 
 
@@ -23,6 +25,59 @@ async def test_astream_closed_early_releases_the_engine(stack):
     # the engine lock must not be left held by the stream's worker thread
     assert await asyncio.wait_for(stack.ainvoke("Why is the sky blue?"), 60)
     assert await asyncio.wait_for(asyncio.to_thread(stack.invoke, "Why is the sky blue?"), 60)
+
+
+def test_stop_per_call_like_an_llm(stack):
+    full = stack.invoke("Why is the sky blue?")
+    word = full.split()[1]
+    cut = stack.invoke("Why is the sky blue?", stop=[word])
+    assert word not in cut and full.startswith(cut)
+    assert stack.bind(stop=[word]).invoke("Why is the sky blue?") == cut
+    with pytest.raises(TypeError, match="temperature"):
+        stack.invoke("Why is the sky blue?", temperature=0.5)
+
+
+def test_chat_refuses_n_and_unknown_kwargs(stack):
+    chat = ChatFSLM(stack=stack)
+    with pytest.raises(ValueError, match="n=2"):
+        chat.invoke("hi", n=2)
+    with pytest.raises(TypeError, match="foo"):
+        chat.invoke("hi", foo=1)
+
+
+class _Engine:
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def generate(self, requests):
+        return [Generation(text=self.texts.pop(0)) for _ in requests]
+
+    def stream(self, request):
+        yield self.texts.pop(0)
+
+    def has_adapter(self, name):
+        return False
+
+
+class Joke(TypedDict):
+    setup: str
+    punchline: str
+
+
+JOKE_SCHEMA = {
+    "title": "joke",
+    "type": "object",
+    "properties": {"setup": {"type": "string"}, "punchline": {"type": "string"}},
+    "required": ["setup", "punchline"],
+}
+
+
+@pytest.mark.parametrize("schema", [Joke, JOKE_SCHEMA])
+def test_structured_typeddict_and_json_schema_are_checked(schema):
+    spec = StageSpec(name="answer", prompt="{input}", output_type="answer")
+    chat = ChatFSLM(stack=FSLMChain.from_specs([spec], engine=_Engine(['{"foo": 1}', "42"])))
+    with pytest.raises(StageOutputError, match="schema"):
+        chat.with_structured_output(schema).invoke("joke")
 
 
 def test_engine_call_between_stream_chunks_does_not_corrupt_the_stream(tiny_engine, tiny_adapters):
