@@ -160,7 +160,10 @@ def load_config(path: Path | None, section: Literal["distill", "train"], overrid
         ConfigError: Naming the file (or flags) and the field, on a missing or wrong value.
     """
     cls: type[BaseModel] = DistillConfig if section == "distill" else TrainConfig
-    values: dict[str, Any] = dict(_read(path).get(section) or {}) if path else {}
+    raw = _read(path).get(section) if path else None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} [{section}]: the section must be a mapping of field names to values")
+    values: dict[str, Any] = dict(raw or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return cls.model_validate(values)

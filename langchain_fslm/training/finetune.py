@@ -164,6 +164,71 @@ def make_collator(model: Any, pad_id: int, padding_free: bool) -> Any:
     return _Collator(pad_id)
 
 
+_RUN_FILE = "run.json"
+_NOT_FINGERPRINTED = frozenset({"out", "work_dir", "stages", "logging_steps", "save_steps", "max_new_tokens"})
+"""Settings that do not change what a stage's adapter learns (everything else must match to resume)."""
+
+
+def _fingerprint(config: TrainConfig, examples: list[tuple[str, str]], system: str | None) -> dict[str, Any]:
+    """What a stage's adapter depends on: the training settings and a hash of its examples."""
+    import hashlib
+
+    settings = config.model_dump(mode="json", exclude=set(_NOT_FINGERPRINTED) | {"handoffs"})
+    digest = hashlib.sha256(json.dumps([system, examples], ensure_ascii=False).encode()).hexdigest()
+    return {"settings": settings, "examples_sha256": digest}
+
+
+def _check_work_dir(stage_dir: Path, fingerprint: dict[str, Any], main: bool) -> None:
+    """Refuse to resume (or reuse) a stage trained with other settings or other examples."""
+    run_file = stage_dir / _RUN_FILE
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        if old != fingerprint:
+            diff = sorted(
+                k
+                for k in set(old.get("settings", {})) | set(fingerprint["settings"])
+                if old.get("settings", {}).get(k) != fingerprint["settings"].get(k)
+            )
+            if old.get("examples_sha256") != fingerprint["examples_sha256"]:
+                diff.append("the training examples (handoffs file)")
+            raise InvalidInputError(
+                f"{stage_dir}: holds a run of this stage with other settings ({', '.join(diff)}); "
+                "delete that folder or pass another --work-dir / --out to start afresh"
+            )
+    elif main and stage_dir.is_dir() and any(stage_dir.iterdir()):
+        logger.warning("%s: a run without %s (older version?); resuming it unchecked", stage_dir, _RUN_FILE)
+    if main and not run_file.is_file():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomically(run_file, fingerprint)
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _last_complete_checkpoint(stage_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written to the end (Trainer writes trainer_state.json last).
+
+    A kill while the Trainer saves leaves a checkpoint folder without it; resuming from that folder
+    would fail every rerun, so it is skipped (and removed).
+    """
+    if not stage_dir.is_dir():
+        return None
+    found = []
+    for path in stage_dir.glob("checkpoint-*"):
+        step = path.name.rpartition("-")[2]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        logger.warning("%s was not written completely (killed while saving?); removing it", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def _train_adapter(
     stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
 ) -> tuple[list[float], float, bool]:
@@ -171,7 +236,6 @@ def _train_adapter(
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from langchain_fslm.engine.local import LocalEngine
 
@@ -179,16 +243,30 @@ def _train_adapter(
     stage_dir = work / stage
     final = work / "adapters" / stage
     log_file = stage_dir / "loss.json"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _check_work_dir(stage_dir, _fingerprint(config, examples, system), int(os.environ.get("RANK", "0")) == 0)
     if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
         done = json.loads(log_file.read_text())
         return done["losses"], float(done.get("wall_s", 0.0)), True
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     set_seed(config.seed)
     engine = LocalEngine.from_ref(BaseModelRef(source=config.base))
-    data = [encode_example(engine, p, t, config.max_length, system) for p, t in examples]
-    data = [d for d in data if any(label != -100 for label in d["labels"])]
+    encoded = [encode_example(engine, p, t, config.max_length, system) for p, t in examples]
+    data = [d for d in encoded if any(label != -100 for label in d["labels"])]
     if not data:
-        raise InvalidInputError(f"stage {stage!r}: no example has target tokens within max_length")
+        raise InvalidInputError(
+            f"stage {stage!r}: no example has target tokens within max_length={config.max_length}"
+        )
+    cut = sum(d["labels"][-1] != engine.tokenizer.eos_token_id for d in data)
+    if len(data) < len(encoded) or cut:
+        logger.warning(
+            "stage %r: max_length=%d drops %d of %d examples (prompt alone too long) and cuts the "
+            "target of %d kept ones before its end (no EOS learnt); raise max_length",
+            stage,
+            config.max_length,
+            len(encoded) - len(data),
+            len(encoded),
+            cut,
+        )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -226,7 +304,7 @@ def _train_adapter(
         train_dataset=data,  # type: ignore[arg-type]
         data_collator=make_collator(engine.model, engine.tokenizer.pad_token_id, config.padding_free),
     )
-    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    last = _last_complete_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - start
@@ -234,8 +312,8 @@ def _train_adapter(
     main = trainer.is_world_process_zero()
     if main:
         model.save_pretrained(str(final), safe_serialization=True)
-        log_file.write_text(
-            json.dumps({"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history})
+        _write_json_atomically(  # written last: its presence marks the stage finished
+            log_file, {"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history}
         )
     trainer.accelerator.wait_for_everyone()
     return losses, wall, main
@@ -283,6 +361,18 @@ def _records(config: TrainConfig) -> list[dict[str, Any]]:
     records = read_records(config.handoffs)
     if not records:
         raise InvalidInputError(f"{config.handoffs}: no records")
+    for n, r in enumerate(records, 1):
+        stages = r.get("stages") if isinstance(r, dict) else None
+        if (
+            not isinstance(stages, dict)
+            or not all(isinstance(v, dict) and {"prompt", "target"} <= set(v) for v in stages.values())
+            or not isinstance(r.get("input"), str)
+            or not isinstance(r.get("reference"), str)
+        ):
+            raise InvalidInputError(
+                f"{config.handoffs}: record {n} is not a distilled record (needs 'input', 'reference' and "
+                "'stages' with a 'prompt' and 'target' per stage; write the file with `fslm distill`)"
+            )
     return records
 
 
@@ -312,6 +402,10 @@ def train_stack(
     specs = [s for s in specs if s.name in wanted and s.name in present]
     if not specs:
         raise InvalidInputError(f"{config.handoffs}: records hold no stage of {sorted(wanted)}")
+    missing = [(n, s.name) for n, r in enumerate(records, 1) for s in specs if s.name not in r["stages"]]
+    if missing:
+        n, name = missing[0]
+        raise InvalidInputError(f"{config.handoffs}: record {n} has no stage {name!r} ({len(missing)} such)")
     examples = {
         s.name: [(r["stages"][s.name]["prompt"], r["stages"][s.name]["target"]) for r in records]
         for s in specs

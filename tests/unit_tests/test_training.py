@@ -344,3 +344,38 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, 
         assert isinstance(make_collator(OtherModel(), pad_id, padding_free=True), _Collator)
     assert "padded batches instead" in caplog.text
     assert isinstance(make_collator(model, pad_id, padding_free=False), _Collator)
+
+
+def test_resume_skips_a_checkpoint_killed_while_saving_and_refuses_changed_settings(tmp_path):
+    from langchain_fslm.errors import InvalidInputError
+    from langchain_fslm.training.finetune import _check_work_dir, _fingerprint, _last_complete_checkpoint
+
+    stage = tmp_path / "intent"
+    (stage / "checkpoint-4").mkdir(parents=True)
+    (stage / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (stage / "checkpoint-8").mkdir()  # killed after the adapter, before trainer_state.json
+    (stage / "checkpoint-8" / "adapter_model.safetensors").write_bytes(b"x")
+    assert _last_complete_checkpoint(stage) == str(stage / "checkpoint-4")
+    assert not (stage / "checkpoint-8").exists()
+
+    pairs = [("p", "t")]
+    config = TrainConfig(handoffs=tmp_path / "h.jsonl", lora_r=4)
+    _check_work_dir(stage, _fingerprint(config, pairs, None), main=True)
+    _check_work_dir(stage, _fingerprint(config, pairs, None), main=True)  # same run: fine
+    with pytest.raises(InvalidInputError, match="lora_r"):
+        _check_work_dir(stage, _fingerprint(config.model_copy(update={"lora_r": 8}), pairs, None), main=True)
+    with pytest.raises(InvalidInputError, match="training examples"):
+        _check_work_dir(stage, _fingerprint(config, [("p", "other")], None), main=True)
+
+
+def test_bad_handoffs_and_config_sections_are_named(tmp_path):
+    from langchain_fslm.training import train_stack
+
+    alpaca = tmp_path / "d.json"
+    alpaca.write_text(json.dumps(ROWS))  # an Alpaca file, not distilled records
+    with pytest.raises(ValueError, match="record 1 is not a distilled record"):
+        train_stack(TrainConfig(handoffs=alpaca))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"\[train\]: the section must be a mapping"):
+        load_config(cfg, "train", {})
