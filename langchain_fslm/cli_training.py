@@ -140,23 +140,31 @@ def heldout(
     stack: Annotated[
         Optional[Path], typer.Option(help="Stack folder (omit for the bare base model, zero-shot).")
     ] = None,
-    data: Annotated[Path, typer.Option(help="Alpaca JSON file.")] = Path(
-        "../shared/data/alpaca/alpaca_5000.json"
-    ),
+    data: Annotated[
+        Optional[Path], typer.Option(help="Alpaca JSON file (default: the shared alpaca_5000.json).")
+    ] = None,
     base: Annotated[Optional[str], typer.Option(help="Base model when no --stack.")] = None,
-    n_heldout: Annotated[int, typer.Option("--heldout", help="Held-out split size (as in distill).")] = 200,
+    n_heldout: Annotated[
+        int, typer.Option("--heldout", min=1, help="Held-out split size (as in distill).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the split (as in distill).")] = 0,
-    limit: Annotated[Optional[int], typer.Option(help="Score only the first N held-out records.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Override every stage's budget.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Records per batch.")] = 8,
+    limit: Annotated[
+        Optional[int], typer.Option(min=1, help="Score only the first N held-out records.")
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option(min=1, help="Override every stage's budget.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Records per batch.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Also write the result JSON here.")] = None,
 ) -> None:
     """Score a stack (or the base model) on the held-out Alpaca records: ROUGE-L and reference loglik."""
     from langchain_fslm.chain import FSLMChain
     from langchain_fslm.errors import FSLMError
+    from langchain_fslm.models import shared_dir
     from langchain_fslm.training.data import load_alpaca, split_heldout
     from langchain_fslm.training.heldout import base_chain, evaluate_chain
 
+    data = data or shared_dir() / "data" / "alpaca" / "alpaca_5000.json"
     try:
         _, rows = split_heldout(load_alpaca(data), n_heldout, seed)
         rows = rows[:limit] if limit else rows
