@@ -87,16 +87,18 @@ def eval_command(
     ] = None,
     base: Annotated[Optional[str], typer.Option(help="Base model of the default stack.")] = None,
     tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = DEFAULT_EVAL_TASKS,
-    limit: Annotated[Optional[int], typer.Option(help="Items per task (first N of the sample).")] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(min=1, help="Items per task (first N of the sample).")
+    ] = None,
     full: Annotated[bool, typer.Option(help="Use every staged item instead of the 100-item sample.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the 100-item samples.")] = 1234,
     scoring: Annotated[
         str, typer.Option(help="stack: upstream stages run, last stage scores; last_stage: last stage alone.")
     ] = "stack",
     upstream_max_new_tokens: Annotated[
-        Optional[int], typer.Option(help="Cap the upstream stages' generation budgets (faster).")
+        Optional[int], typer.Option(min=1, help="Cap the upstream stages' generation budgets (faster).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 8,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("eval-results"),
 ) -> None:
     """Score a stack on the local benchmark suite; write results.json, results.md and results.png."""
@@ -110,6 +112,8 @@ def eval_command(
 
     _check_out(out)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise fail("--tasks names no task")
     try:
         lm = FSLMLM(
             stack=stack,
@@ -172,14 +176,14 @@ def compare_command(
         ),
     ],
     task: Annotated[str, typer.Option(help="Dataset from the local suite.")] = "arc_easy",
-    limit: Annotated[Optional[int], typer.Option(help="Items (first N of the sample).")] = 20,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Items (first N of the sample).")] = 20,
     full: Annotated[bool, typer.Option(help="Use every staged item.")] = False,
     seed: Annotated[int, typer.Option(help="Sample seed.")] = 1234,
     chain: Annotated[
         Optional[str],
         typer.Option(help="Your chain factory module:attr (model -> Runnable); default QA prompt."),
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer budget of local models.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer budget of local models.")] = 64,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("compare-results"),
 ) -> None:
     """Run one chain with several models swapped in; write results.json, results.md and results.png."""

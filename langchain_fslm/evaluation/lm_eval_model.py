@@ -24,6 +24,7 @@ stop sequences and token budget). ``loglikelihood_rolling`` scores the text with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
     from langchain_fslm.chain import FSLMChain
     from langchain_fslm.engine.local import LocalEngine
+
+logger = logging.getLogger(__name__)
 
 Scoring = Literal["stack", "last_stage"]
 SCORINGS: tuple[str, ...] = ("stack", "last_stage")
@@ -152,6 +155,21 @@ class FSLMLM(LM):  # type: ignore[misc]
         scored = self.engine.loglikelihood(pairs, adapter=adapter, batch_size=self.batch_size)
         return [lp for lp, _, _ in scored]
 
+    def _answer_text(self, answer: Any) -> str:
+        """A stack's answer as text; an item whose stage output does not parse is scored, not fatal.
+
+        lm-eval scores whatever a model wrote: the last stage's raw text when only its parse failed,
+        else an empty answer (an upstream stage failed). Other errors still stop the run.
+        """
+        from langchain_fslm.errors import StageOutputError
+
+        if not isinstance(answer, BaseException):
+            return str(answer)
+        if not isinstance(answer, StageOutputError):
+            raise answer
+        logger.warning("%s; scored as written", answer)
+        return answer.raw if answer.stage == self.chain.stages[-1].name else ""
+
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Run the whole stack on each context; the last stage stops at the request's ``until``.
 
@@ -172,9 +190,9 @@ class FSLMLM(LM):  # type: ignore[misc]
             )
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                answers = chain.batch([str(requests[i].args[0]) for i in chunk])
+                answers = chain.batch([str(requests[i].args[0]) for i in chunk], return_exceptions=True)
                 for i, answer in zip(chunk, answers, strict=True):
-                    outputs[i] = str(answer)
+                    outputs[i] = self._answer_text(answer)
                 bar.update(len(chunk))
         bar.close()
         return outputs

@@ -61,7 +61,9 @@ def write_lm_eval_tasks(
             rows.append(
                 {
                     "context": contexts.pop(),
-                    "choices": [cont for _, cont in item.requests],
+                    # every exportable request is context + " " + choice: lm-eval's own delimiter,
+                    # so lm-eval's acc_norm divides by the choice's length as ``fslm eval`` does
+                    "choices": [cont.removeprefix(" ") for _, cont in item.requests],
                     "gold": item.gold,
                     "index": item.index,
                 }
@@ -77,7 +79,7 @@ def write_lm_eval_tasks(
             "doc_to_text": "{{context}}",
             "doc_to_choice": "{{choices}}",
             "doc_to_target": "{{gold}}",
-            "target_delimiter": "",
+            "target_delimiter": " ",
             "metric_list": [
                 {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")
             ],

@@ -30,6 +30,9 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -48,7 +48,7 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
     """Ask ``lm`` (an lm-eval ``LM``) for every item's requests and mark each item right or wrong.
 
     Multiple-choice items: ``pred`` is the choice of highest log-likelihood (``acc``), ``pred_norm`` of
-    highest log-likelihood per byte of the continuation (``acc_norm``), as lm-eval computes them.
+    highest log-likelihood per character of the choice (``acc_norm``), as lm-eval computes them.
     Generation items: the final number of the output must equal the target (``exact_match``).
 
     Returns:
@@ -84,8 +84,10 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
             )
             continue
         lls = [float(got[j][0]) for j in range(len(item.choices))]
+        # lm-eval's acc_norm: log-likelihood over the length in characters of the choice as scored,
+        # without the target delimiter (the leading space) that lm-eval puts before it
         norms = [
-            ll / max(1, len(cont.encode("utf-8"))) for ll, (_, cont) in zip(lls, item.requests, strict=True)
+            ll / max(1, len(cont.removeprefix(" "))) for ll, (_, cont) in zip(lls, item.requests, strict=True)
         ]
         pred, pred_norm = lls.index(max(lls)), norms.index(max(norms))
         records.append(

@@ -303,3 +303,30 @@ def test_usage_counter_reads_chat_usage_metadata():
 
     counter.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]), run_id=uuid4())
     assert (counter.input_tokens, counter.output_tokens) == (11, 3)
+
+
+def test_acc_norm_divides_by_the_choice_length_as_lm_eval_does():
+    from langchain_fslm.evaluation.runner import score_items
+    from langchain_fslm.evaluation.tasks import Item
+
+    class TwoChoices:
+        def loglikelihood(self, requests):
+            return [(-2.0, False), (-3.5, False)]
+
+    context = "Question: q\nAnswer:"
+    item = Item("arc_challenge", 0, "q", ("ab", "abcd"), 1, ((context, " ab"), (context, " abcd")))
+    # lm-eval: -2/len("ab") = -1.0 < -3.5/len("abcd") = -0.875; dividing by " ab" (3) would flip it
+    (record,) = score_items(TwoChoices(), [item])
+    assert record["pred"] == 0 and record["pred_norm"] == 1
+
+
+def test_an_answer_that_does_not_parse_is_scored_not_fatal():
+    from langchain_fslm.errors import StageOutputError
+    from langchain_fslm.evaluation.lm_eval_model import FSLMLM
+
+    lm = FSLMLM.__new__(FSLMLM)
+    lm.chain = type("C", (), {"stages": [type("S", (), {"name": "answer"})()]})()
+    assert lm._answer_text(StageOutputError("answer", "raw 42", "empty")) == "raw 42"
+    assert lm._answer_text(StageOutputError("intent", "x", "empty")) == ""
+    with pytest.raises(RuntimeError):
+        lm._answer_text(RuntimeError("boom"))

@@ -186,7 +186,7 @@ def _hellaswag(root: Path) -> list[Item]:
     for i, row in enumerate(_read_jsonl(path)):
         context = re.sub(r"\s+", " ", row["centerpiece"].replace(" [title]", ". ")).strip()
         options = tuple(o.strip() for o in row["options"])
-        requests = tuple((context, o if o.startswith((",", ".")) else f" {o}") for o in options)
+        requests = tuple((context, f" {o}") for o in options)  # lm-eval: always the " " delimiter
         items.append(Item("hellaswag", i, context, options, _gold_index(row, path), requests))
     return items
 
