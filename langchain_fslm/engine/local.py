@@ -87,7 +87,8 @@ class LocalEngine:
         batch_window_ms: How long a caller waits for concurrent greedy requests to join its
             ``generate`` call, and again while more keep arriving (at most 10 windows in all; 0: only
             requests already waiting join). ``None`` turns micro-batching off.
-        max_batch_size: Most rows per merged ``generate`` call.
+        max_batch_size: Most rows per ``generate`` call: requests merged from concurrent callers, and
+            a single caller's larger batch, which runs in chunks of this size.
         num_threads: Torch intra-op threads (process-wide; default: torch's choice, one per core).
         compile_decode: Run single-row calls with their adapter merged into the base weights, a
             static KV cache and ``torch.compile``, one-row matmuls compiled as inductor reductions and
@@ -115,7 +116,10 @@ class LocalEngine:
 
             torch.set_num_threads(num_threads)
 
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
+        self.max_batch_size = max_batch_size
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.base_ref = base_ref
         if use_chat_template is None:
@@ -362,10 +366,12 @@ class LocalEngine:
         for i, (request, _) in enumerate(prepared):
             key = request.config.model_dump_json(exclude={"stop"})
             groups.setdefault(key, []).append(i)
-        for indices in groups.values():
-            batch = [prepared[i] for i in indices]
-            for i, generation in zip(indices, self._generate_group(batch), strict=True):
-                results[i] = generation
+        for group in groups.values():
+            for start in range(0, len(group), self.max_batch_size):  # bounded memory for any batch size
+                indices = group[start : start + self.max_batch_size]
+                batch = [prepared[i] for i in indices]
+                for i, generation in zip(indices, self._generate_group(batch), strict=True):
+                    results[i] = generation
         return [r for r in results if r is not None]
 
     def _generate_group(self, prepared: list[tuple[GenerationRequest, str]]) -> list[Generation]:

@@ -140,6 +140,33 @@ def test_unbatched_engine_gives_the_same_text(tiny_model_dir, adapted):
     assert plain.generate([request])[0].text == engine.generate([request])[0].text
 
 
+def test_a_batch_larger_than_max_batch_size_runs_in_chunks_with_the_same_text(tiny_model_dir, adapted):
+    from transformers import AutoTokenizer
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    engine, names = adapted
+    small = LocalEngine(engine.model, AutoTokenizer.from_pretrained(tiny_model_dir), max_batch_size=2)
+    config = GenerationConfig(max_new_tokens=6)
+    requests = [GenerationRequest(prompt=p, adapter=names["a"], config=config) for p in PROMPTS]
+    rows: list[int] = []
+    generate = engine.model.generate
+
+    def counting(*args, **kwargs):
+        rows.append(len(kwargs["input_ids"]))
+        return generate(*args, **kwargs)
+
+    engine.model.generate = counting
+    try:
+        chunked = small.generate(requests)
+    finally:
+        del engine.model.generate
+    assert rows == [2, 2, 1]
+    assert [g.text for g in chunked] == [g.text for g in engine.generate(requests)]
+    with pytest.raises(ValueError, match="max_batch_size"):
+        LocalEngine(engine.model, small.tokenizer, max_batch_size=0)
+
+
 def long_prompt(engine, n_tokens: int) -> str:
     text = " ".join(f"w{i}" for i in range(n_tokens))
     assert engine.count_tokens(text) >= n_tokens
