@@ -109,8 +109,9 @@ class ChatFSLM(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     stack: FSLMChain
-    temperature: float | None = None
-    max_tokens: int | None = None
+    # the bounds of GenerationConfig, checked here so a bad value fails when the model is built
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
     max_retries: int | None = None

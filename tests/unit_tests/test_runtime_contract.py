@@ -43,6 +43,9 @@ def test_chat_refuses_n_and_unknown_kwargs(stack):
         chat.invoke("hi", n=2)
     with pytest.raises(TypeError, match="foo"):
         chat.invoke("hi", foo=1)
+    for bad in ({"max_tokens": 0}, {"temperature": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ChatFSLM(stack=stack, **bad)
 
 
 class _Engine:
