@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -15,10 +16,11 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import ConfigDict, Field
@@ -48,13 +50,43 @@ class _TokenTally(BaseCallbackHandler):
         )
 
 
+_STREAM_RUN = "fslm_stream_run"
+"""Keyword that carries a streamed call's :class:`_StreamRun` from ``stream``/``astream`` to ``_stream``."""
+
+
+@dataclass
+class _StreamRun:
+    """The callbacks and run id of a streamed chat-model call, known before LangChain starts the run.
+
+    langchain-core calls ``_stream`` without the run's manager; ``stream``/``astream`` configure the
+    callbacks themselves (so both sides share the same handler objects, tracers included) and fix the
+    run id, so the stack's runs can still be made children of the chat-model run.
+    """
+
+    manager: CallbackManager | AsyncCallbackManager
+    run_id: UUID
+
+    @property
+    def inheritable_handlers(self) -> list[BaseCallbackHandler]:  # noqa: D102
+        return self.manager.inheritable_handlers
+
+    @property
+    def inheritable_tags(self) -> list[str]:  # noqa: D102
+        return self.manager.inheritable_tags
+
+    @property
+    def inheritable_metadata(self) -> dict[str, Any]:  # noqa: D102
+        return self.manager.inheritable_metadata
+
+
 def _child_config(run_manager: Any, extra: list[BaseCallbackHandler] | None = None) -> RunnableConfig:
-    """Config whose callbacks make the stack's runs children of this chat-model run."""
+    """Config whose callbacks make the stack's runs children of this chat-model run or :class:`_StreamRun`."""
     if run_manager is None:
         return RunnableConfig(callbacks=list(extra or []))
-    manager_cls = (
-        AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+    is_async = isinstance(run_manager, AsyncCallbackManagerForLLMRun) or isinstance(
+        getattr(run_manager, "manager", None), AsyncCallbackManager
     )
+    manager_cls = AsyncCallbackManager if is_async else CallbackManager
     manager = manager_cls(handlers=[], parent_run_id=run_manager.run_id)
     manager.set_handlers(run_manager.inheritable_handlers)
     manager.add_tags(run_manager.inheritable_tags)
@@ -153,9 +185,62 @@ class ChatFSLM(BaseChatModel):
             params["ls_stop"] = stops
         return params
 
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(_STREAM_RUN, None)  # an internal handle, not a model parameter (kept out of traces)
+        return super()._get_invocation_params(stop=stop, **kwargs)
+
+    def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
+        # an invoke that LangChain would stream (streaming=True, astream_events) streams in
+        # _generate/_agenerate instead, where the run's manager is at hand for the stack's runs
+        if run_manager is not None:
+            return False
+        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
+    def _stream_run(self, config: RunnableConfig | None, is_async: bool) -> tuple[RunnableConfig, _StreamRun]:
+        """The config to start a streamed call with, and its :class:`_StreamRun` (see there)."""
+        config = ensure_config(config)
+        configure = AsyncCallbackManager.configure if is_async else CallbackManager.configure
+        manager = configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+        run_id = config.get("run_id") or uuid4()
+        return {**config, "callbacks": manager, "run_id": run_id}, _StreamRun(manager, run_id)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """Stream the reply; the stack's stage runs and handoff events reach the call's callbacks."""
+        config, run = self._stream_run(config, is_async=False)
+        yield from super().stream(input, config, stop=stop, **{**kwargs, _STREAM_RUN: run})
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Async :meth:`stream`."""
+        config, run = self._stream_run(config, is_async=True)
+        async for chunk in super().astream(input, config, stop=stop, **{**kwargs, _STREAM_RUN: run}):
+            yield chunk
+
     def _configured(self, stop: list[str] | None, **kwargs: Any) -> FSLMChain:
         from langchain_fslm.structured import structured_stage
 
+        kwargs.pop(_STREAM_RUN, None)
         n = kwargs.pop("n", 1)
         if n not in (None, 1):
             raise ValueError(f"ChatFSLM returns one reply per call; n={n!r} is not supported (use batch()).")
@@ -185,6 +270,8 @@ class ChatFSLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if super()._should_stream(async_api=False, run_manager=run_manager, **kwargs):
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         config = _child_config(run_manager)
         output: StackOutput = self._configured(stop, **kwargs).invoke(messages, config)
         return self._result(output)
@@ -196,6 +283,8 @@ class ChatFSLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if super()._should_stream(async_api=True, run_manager=run_manager, **kwargs):
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         config = _child_config(run_manager)
         output: StackOutput = await self._configured(stop, **kwargs).ainvoke(messages, config)
         return self._result(output)
@@ -233,7 +322,7 @@ class ChatFSLM(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         tally = _TokenTally()
-        config = _child_config(run_manager, [tally])
+        config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
         for piece in self._configured(stop, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
@@ -249,7 +338,7 @@ class ChatFSLM(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         tally = _TokenTally()
-        config = _child_config(run_manager, [tally])
+        config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
         async for piece in self._configured(stop, **kwargs).astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:

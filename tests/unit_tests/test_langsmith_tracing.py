@@ -97,3 +97,26 @@ def test_trace_has_chain_run_stage_runs_and_handoffs(langsmith_stub, tiny_engine
         assert handoffs[0]["stack"] == "tiny-stack" and handoffs[0]["completion_tokens"] > 0
     to_stages = {r["name"]: e["kwargs"]["to_stage"] for r in stage_runs for e in r["events"] if "kwargs" in e}
     assert to_stages == {"intent": "key_points", "key_points": "draft", "draft": "answer", "answer": "output"}
+
+
+def test_streamed_chat_reply_is_one_trace_with_the_stage_runs(langsmith_stub, tiny_engine):
+    """ChatFSLM.stream, traced from the environment alone: the stack's runs sit under the chat run."""
+    from langchain_core.tracers.langchain import get_client, wait_for_all_tracers
+
+    from langchain_fslm import ChatFSLM
+
+    stack = FSLMChain.from_specs(default_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
+    text = "".join(str(chunk.content) for chunk in ChatFSLM(stack=stack).stream("Why is the sky blue?"))
+    wait_for_all_tracers()
+    get_client().flush()
+
+    runs: dict[str, dict] = {}
+    for _, body in langsmith_stub:
+        for run in [*body.get("post", []), *body.get("patch", [])]:
+            runs.setdefault(run["id"], {}).update({k: v for k, v in run.items() if v is not None})
+    roots = [r for r in runs.values() if not r.get("parent_run_id")]
+    assert len(roots) == 1 and roots[0]["run_type"] == "llm"
+    assert text and text in json.dumps(roots[0]["outputs"])
+    stack_run = next(r for r in runs.values() if r["name"] == "tiny-stack")
+    assert stack_run["parent_run_id"] == roots[0]["id"]
+    assert {r["name"] for r in runs.values() if r.get("parent_run_id") == stack_run["id"]} >= set(STAGES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from typing_extensions import TypedDict
 
 from langchain_fslm import ChatFSLM, FSLMChain, StageOutputError, StageSpec
@@ -97,3 +98,47 @@ def test_engine_call_between_stream_chunks_does_not_corrupt_the_stream(tiny_engi
             nested.append(stack.invoke("Tell me about cats."))
     assert "".join(pieces) == reference
     assert nested == [other] * len(nested)
+
+
+class _Runs(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.chat_run = None
+        self.parents: list = []
+        self.tokens = 0
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens += 1
+
+    def on_chat_model_start(self, serialized, messages, *, run_id, **kwargs):
+        self.chat_run = run_id
+
+    def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
+        self.parents.append(parent_run_id)
+
+
+@pytest.mark.parametrize("mode", ["stream", "astream", "streaming=True invoke", "streaming=True ainvoke"])
+def test_a_streamed_chat_reply_keeps_the_stage_runs_and_handoffs(stack, mode):
+    """langchain-core calls _stream without the run's manager: the stack's runs must still reach the
+    call's callbacks, as children of the chat-model run."""
+    from langchain_fslm import HandoffLogger
+
+    runs, handoffs = _Runs(), HandoffLogger()
+    config = {"callbacks": [runs, handoffs]}
+    # (an explicit streaming=False would make stream() fall back to invoke)
+    chat = ChatFSLM(stack=stack, **({"streaming": True} if mode.startswith("streaming") else {}))
+    if mode == "stream":
+        text = "".join(str(c.content) for c in chat.stream("Why?", config))
+    elif mode == "astream":
+
+        async def collect() -> str:
+            return "".join([str(c.content) async for c in chat.astream("Why?", config)])
+
+        text = asyncio.run(collect())
+    elif mode.endswith(" invoke"):
+        text = str(chat.invoke("Why?", config).content)
+    else:
+        text = str(asyncio.run(chat.ainvoke("Why?", config)).content)
+    assert text == stack.invoke("Why?")
+    assert len(handoffs.records) == len(stack.stages)
+    assert runs.tokens > 1  # it really streamed
+    assert runs.chat_run is not None and runs.chat_run in runs.parents
