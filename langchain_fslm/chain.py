@@ -41,7 +41,7 @@ from langchain_fslm.manifest import (
     write_stack_atomically,
 )
 from langchain_fslm.models import BaseModelRef
-from langchain_fslm.outputs import StageOutput
+from langchain_fslm.outputs import Answer, Draft, StageOutput, Text, TextStream
 from langchain_fslm.stage import SLMRunnable, StageResult, aiter_sync
 
 State = dict[str, Any]
@@ -239,9 +239,13 @@ class StageStep(RunnableSerializable[State, State]):
         state = next(states)
         start = time.perf_counter()
         pieces = []
+        cleaner = _stream_cleaner(self.stage.output_type)
         for piece in self.stage.stream_text(self._fields(state)):
             pieces.append(piece)
-            yield piece
+            if text := cleaner.feed(piece):
+                yield text
+        if tail := cleaner.finish():
+            yield tail
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         dispatch_custom_event(HANDOFF_EVENT, event, config=config)
         trace_handoff(config, event)
@@ -264,12 +268,35 @@ class StageStep(RunnableSerializable[State, State]):
         state = [s async for s in states][0]
         start = time.perf_counter()
         pieces = []
+        cleaner = _stream_cleaner(self.stage.output_type)
         async for piece in aiter_sync(self.stage.stream_text(self._fields(state))):
             pieces.append(piece)
-            yield piece
+            if text := cleaner.feed(piece):
+                yield text
+        if tail := cleaner.finish():
+            yield tail
         _, event = self._finish_stream(state, "".join(pieces), time.perf_counter() - start)
         await adispatch_custom_event(HANDOFF_EVENT, event, config=config)
         trace_handoff(config, event)
+
+
+class _RawStream:
+    """Passes streamed pieces through unchanged (output types other than free text)."""
+
+    def feed(self, piece: str) -> str:
+        return piece
+
+    def finish(self) -> str:
+        return ""
+
+
+def _stream_cleaner(output_type: type[StageOutput]) -> TextStream | _RawStream:
+    """A :class:`TextStream` for the free-text types (``text``, ``draft``, ``answer``), else raw pieces.
+
+    Free text streams exactly what ``invoke`` returns. Other types (one-line intents, re-bulleted key
+    points, JSON) stream the model's raw text, which their parser reads at the end.
+    """
+    return TextStream() if output_type in (Text, Draft, Answer) else _RawStream()
 
 
 def _adapter_name(stage: str, path: str | Path) -> str:

@@ -63,6 +63,49 @@ class Text(StageOutput):
         return self.text
 
 
+_LABELS = ("task", "intent", "answer", "final answer", "draft")
+
+
+class TextStream:
+    r"""Cleans a streamed free-text reply as :meth:`Text.from_text` cleans a whole one.
+
+    The start is held back until it is clear whether it is an ``Answer:``-style label (dropped) or
+    text, and trailing whitespace is held back until more text follows it (dropped at the end), so the
+    pieces add up to what ``invoke`` returns for the same reply.
+
+    Example:
+        >>> s = TextStream()
+        >>> [s.feed(p) for p in ["Ans", "wer: Paris", " is", " the capital.\n"]] + [s.finish()]
+        ['', 'Paris', ' is', ' the capital.', '']
+    """
+
+    def __init__(self) -> None:
+        self._head = ""  # text before the label question is settled
+        self._started = False
+        self._space = ""  # trailing whitespace held back
+
+    def feed(self, piece: str) -> str:
+        """The cleaned text this piece adds (may be empty)."""
+        if not self._started:
+            self._head += piece
+            head = self._head.lstrip()
+            match = _PREFIX.match(head)
+            if match and match.end() == len(head):  # a whole label: the text may still follow
+                return ""
+            if not match and any(label.startswith(head.lower()) for label in _LABELS):
+                return ""  # empty, or the start of a label word
+            self._started = True
+            piece = head[match.end() :] if match else head
+        text = self._space + piece
+        kept = text.rstrip()
+        self._space = text[len(kept) :]
+        return kept
+
+    def finish(self) -> str:
+        """What is left when the stream ends (only a reply that never got past its label)."""
+        return "" if self._started else _clean(self._head)
+
+
 class Intent(Text):
     """What the request asks for, in one sentence."""
 

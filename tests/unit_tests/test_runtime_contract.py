@@ -142,3 +142,36 @@ def test_a_streamed_chat_reply_keeps_the_stage_runs_and_handoffs(stack, mode):
     assert len(handoffs.records) == len(stack.stages)
     assert runs.tokens > 1  # it really streamed
     assert runs.chat_run is not None and runs.chat_run in runs.parents
+
+
+class _PieceEngine(_Engine):
+    """Streams its reply a few characters at a time, as a tokenizer's pieces come."""
+
+    def __init__(self, texts, size):
+        super().__init__(texts)
+        self.size = size
+
+    def stream(self, request):
+        text = self.texts.pop(0)
+        for start in range(0, len(text), self.size):
+            yield text[start : start + self.size]
+
+
+@pytest.mark.parametrize("size", [1, 3, 100])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Answer: Paris is the capital.\n\n",
+        "  Final answer:\n Paris",
+        "Answering is hard ",
+        "Answer is 5",
+        "Paris\n\nMore text.  ",
+        "Draft:Paris",
+    ],
+)
+def test_a_streamed_free_text_answer_adds_up_to_the_invoked_one(reply, size):
+    spec = StageSpec(name="answer", prompt="{input}", output_type="answer")
+    stack = FSLMChain.from_specs([spec], engine=_PieceEngine([reply, reply], size))
+    pieces = list(stack.stream("q"))
+    assert "".join(pieces) == stack.invoke("q")
+    assert all(pieces)  # no empty chunks
