@@ -71,12 +71,8 @@ class TextStream:
 
     The start is held back until it is clear whether it is an ``Answer:``-style label (dropped) or
     text, and trailing whitespace is held back until more text follows it (dropped at the end), so the
-    pieces add up to what ``invoke`` returns for the same reply.
-
-    Example:
-        >>> s = TextStream()
-        >>> [s.feed(p) for p in ["Ans", "wer: Paris", " is", " the capital.\n"]] + [s.finish()]
-        ['', 'Paris', ' is', ' the capital.', '']
+    pieces add up to what ``invoke`` returns for the same reply: the pieces ``"Ans"``, ``"wer: Paris"``,
+    ``" is"``, ``" the capital.\n"`` come out as ``""``, ``"Paris"``, ``" is"``, ``" the capital."``.
     """
 
     def __init__(self) -> None:
