@@ -151,6 +151,7 @@ def compare_markdown(results: dict[str, Any]) -> str:
             m["score"],
             f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
             m["n"],
+            m.get("errors", 0),
             m["latency_p50_s"],
             m["latency_p95_s"],
             m["tokens_in"],
@@ -159,7 +160,18 @@ def compare_markdown(results: dict[str, Any]) -> str:
         ]
         for m in results["models"]
     ]
-    columns = ["model", "score", "95% CI", "n", "p50 s", "p95 s", "tokens in", "tokens out", "peak RSS MiB"]
+    columns = [
+        "model",
+        "score",
+        "95% CI",
+        "n",
+        "failed",
+        "p50 s",
+        "p95 s",
+        "tokens in",
+        "tokens out",
+        "peak RSS MiB",
+    ]
     return (
         f"# fslm compare on {results['task']}\n\n{results['note']} Chain: {results['chain']}.\n\n"
         + markdown_table(columns, rows)

@@ -10,6 +10,7 @@ memory of the process while that model loaded and ran.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import statistics
 import threading
@@ -30,6 +31,8 @@ from langchain_fslm.evaluation.runner import wilson_interval
 from langchain_fslm.evaluation.specs import ModelSpecError, ResolvedSpec, resolve_spec
 from langchain_fslm.evaluation.tasks import Item, extract_number
 from langchain_fslm.handoff import HANDOFF_EVENT
+
+logger = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGH"
 MC_PROMPT = (
@@ -232,10 +235,22 @@ def run_model(
         records, latencies = [], []
         tokens_in = tokens_out = 0
         counted = True
+        failure: Exception | None = None
         for item in tqdm(items, desc=f"compare {model.label}"):
             counter = UsageCounter(model.tokenizer)
             start = time.perf_counter()
-            answer = output_text(chain.invoke(chain_inputs(item), config={"callbacks": [counter]}))
+            try:
+                answer = output_text(chain.invoke(chain_inputs(item), config={"callbacks": [counter]}))
+            except Exception as err:  # one failed call (an API error, a reply that does not parse)
+                failure = err
+                error = f"{type(err).__name__}: {err}"
+                logger.warning(
+                    "compare %s: item %s failed, scored wrong (%s)", model.label, item.index, error
+                )
+                records.append(
+                    {"index": item.index, "gold": item.gold, "pred": None, "correct": False, "error": error}
+                )
+                continue
             latencies.append(time.perf_counter() - start)
             right, read_as = is_correct(item, answer)
             tokens_in += counter.input_tokens
@@ -244,6 +259,9 @@ def run_model(
             records.append(
                 {"index": item.index, "gold": item.gold, "pred": read_as, "correct": right, "answer": answer}
             )
+        errors = sum("error" in r for r in records)
+        if failure is not None and errors == len(records):  # nothing was scored: the setup is wrong
+            raise failure
     hits, n = sum(r["correct"] for r in records), len(records)
     low, high = wilson_interval(hits, n)
     mib = 1024 * 1024
@@ -252,6 +270,7 @@ def run_model(
         "label": model.label,
         "local": model.local,
         "n": n,
+        "errors": errors,
         "score": hits / n if n else 0.0,
         "ci95": [low, high],
         "latency_p50_s": percentile(latencies, 50),

@@ -156,15 +156,19 @@ class FSLMLM(LM):  # type: ignore[misc]
         return [lp for lp, _, _ in scored]
 
     def _answer_text(self, answer: Any) -> str:
-        """A stack's answer as text; an item whose stage output does not parse is scored, not fatal.
+        """A stack's answer as text; an item that fails on its own input is scored, not fatal.
 
         lm-eval scores whatever a model wrote: the last stage's raw text when only its parse failed,
-        else an empty answer (an upstream stage failed). Other errors still stop the run.
+        else an empty answer (an upstream stage failed, or the item's prompt is longer than the
+        context). Other errors still stop the run.
         """
-        from langchain_fslm.errors import StageOutputError
+        from langchain_fslm.errors import PromptTooLongError, StageOutputError
 
         if not isinstance(answer, BaseException):
             return str(answer)
+        if isinstance(answer, PromptTooLongError):
+            logger.warning("%s; scored as an empty answer", answer)
+            return ""
         if not isinstance(answer, StageOutputError):
             raise answer
         logger.warning("%s; scored as written", answer)

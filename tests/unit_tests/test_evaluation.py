@@ -321,12 +321,45 @@ def test_acc_norm_divides_by_the_choice_length_as_lm_eval_does():
 
 
 def test_an_answer_that_does_not_parse_is_scored_not_fatal():
-    from langchain_fslm.errors import StageOutputError
+    from langchain_fslm.errors import PromptTooLongError, StageOutputError
     from langchain_fslm.evaluation.lm_eval_model import FSLMLM
 
     lm = FSLMLM.__new__(FSLMLM)
     lm.chain = type("C", (), {"stages": [type("S", (), {"name": "answer"})()]})()
     assert lm._answer_text(StageOutputError("answer", "raw 42", "empty")) == "raw 42"
     assert lm._answer_text(StageOutputError("intent", "x", "empty")) == ""
+    assert lm._answer_text(PromptTooLongError("Stage 'answer': prompt has 900 tokens")) == ""
     with pytest.raises(RuntimeError):
         lm._answer_text(RuntimeError("boom"))
+
+
+def test_compare_scores_a_failed_call_wrong_and_goes_on():
+    from langchain_core.runnables import RunnableLambda
+
+    from langchain_fslm.evaluation.compare import run_model
+    from langchain_fslm.evaluation.specs import ResolvedSpec
+    from langchain_fslm.evaluation.tasks import load_task
+
+    items = load_task("arc_easy", limit=3)
+    calls = iter([RuntimeError("HTTP 503 from the API"), "A", "B"])
+
+    def flaky(_: object) -> str:
+        reply = next(calls)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    model = ResolvedSpec(spec="fake", label="fake", model=RunnableLambda(flaky), local=False)
+    result = run_model("fake", items, chain_factory=lambda m: m, resolved=model)
+    assert result["n"] == 3 and result["errors"] == 1
+    assert result["items"][0] == {
+        "index": items[0].index,
+        "gold": items[0].gold,
+        "pred": None,
+        "correct": False,
+        "error": "RuntimeError: HTTP 503 from the API",
+    }
+    assert "answer" in result["items"][1]
+    broken = ResolvedSpec(spec="b", label="b", model=RunnableLambda(lambda _: 1 / 0), local=False)
+    with pytest.raises(ZeroDivisionError):  # nothing scored: the setup is wrong, not one item
+        run_model("b", items, chain_factory=lambda m: m, resolved=broken)
