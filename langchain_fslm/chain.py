@@ -402,7 +402,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                 folder = Path(adapter_root or ".") / spec.adapter
                 remote_stage = isinstance(stage_engine, RemoteEngine)
                 adapter = spec.name if remote_stage else _adapter_name(spec.name, folder)
-                if not stage_engine.has_adapter(adapter):  # type: ignore[union-attr]
+                # a remote engine is always asked: it refuses a second, different adapter under one name
+                if remote_stage or not stage_engine.has_adapter(adapter):  # type: ignore[union-attr]
                     stage_engine.load_adapter(adapter, folder)  # type: ignore[union-attr]
                 sources[spec.name] = str(folder)
             stages.append(SLMRunnable.from_spec(spec, stage_engine, adapter))  # type: ignore[arg-type]

@@ -78,7 +78,7 @@ class VllmPlan(BaseModel):
         lines = [["vllm", "serve", self.base], ["--host", self.host], ["--port", str(self.port)]]
         if self.modules:
             lines += [["--enable-lora"], ["--lora-modules"]]
-            lines += [[f"{m.stage}={m.path}"] for m in self.modules]
+            lines += [[_lora_module_arg(m)] for m in self.modules]
             # every stage's adapter may sit in one batch, so allow all of them at once
             lines += [["--max-lora-rank", str(self.max_lora_rank)], ["--max-loras", str(len(self.modules))]]
         return lines
@@ -91,9 +91,24 @@ class VllmPlan(BaseModel):
         """The command as one shell line."""
         return shlex.join(self.command())
 
-    def base_url(self, host: str = "127.0.0.1") -> str:
-        """The URL the remote backend calls."""
+    def base_url(self, host: str | None = None) -> str:
+        """The URL the remote backend calls (the bind address, or 127.0.0.1 where vLLM binds all)."""
+        if host is None:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/v1"
+
+
+def _lora_module_arg(module: LoraModule) -> str:
+    """One ``--lora-modules`` value: ``name=path``, or vLLM's JSON form where the path holds ``=`` or ``,``.
+
+    vLLM reads ``name=path`` with ``item.split("=")`` only when the item has no comma; anything else is
+    parsed as JSON, so such a path in the short form crashes or is refused at start-up.
+    """
+    if "=" in module.path or "," in module.path:
+        return json.dumps({"name": module.stage, "path": module.path})
+    return f"{module.stage}={module.path}"
 
 
 def _module(stage: str, folder: Path) -> LoraModule:

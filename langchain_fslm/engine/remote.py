@@ -9,6 +9,7 @@ langchain-openai (the ``remote`` extra) is imported only when a request is sent.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import threading
@@ -154,6 +155,14 @@ class RemoteEngine:
         for required in ("adapter_config.json", "adapter_model.safetensors"):
             if not (path / required).is_file():
                 raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
+        known = self.adapter_paths.get(name)
+        if known is not None and not _same_adapter(Path(known), path):
+            # the server serves one model per name: two stacks cannot both call theirs 'intent'
+            raise AdapterError(
+                f"Adapter {name!r}: {self!r} already serves model {name!r} from {known}, and {path} holds "
+                "a different adapter. Use one RemoteEngine (and one server) per stack, or map the names "
+                "apart with adapter_models."
+            )
         self.adapter_paths[name] = str(path)
 
     def has_adapter(self, name: str) -> bool:
@@ -213,13 +222,37 @@ class RemoteEngine:
         )
         try:
             return [m.id for m in client.models.list()]
+        except openai.NotFoundError as err:
+            raise RemoteEngineError(
+                f"{self.base_url.rstrip('/')}/models answered HTTP 404: no OpenAI-compatible API there. "
+                "base_url must be the API root, usually ending in /v1 (e.g. http://HOST:8000/v1)."
+            ) from err
         except openai.OpenAIError as err:
-            raise self._translate(err, "(listing models)") from err
+            raise self._translate(err, None) from err
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise RemoteEngineError(
+                f"The server at {self.base_url} sent a malformed model list ({type(err).__name__}: {err})."
+            ) from err
 
-    def _translate(self, err: Exception, model: str) -> FSLMError:
+    def _not_served(self, err: Exception, model: str) -> FSLMError:
+        """A 404 for a request: the model is not served, or base_url is not the API root."""
+        try:
+            served = self.served_models()
+        except RemoteEngineError as listing:
+            return listing
+        if model in served:  # the model exists: the 404 is about something else
+            return RemoteEngineError(
+                f"The server at {self.base_url} (model {model!r}) answered HTTP 404: {err}"
+            )
+        return AdapterError(
+            f"The server at {self.base_url} does not serve model {model!r} (it serves {served}). Serve each "
+            "stage's adapter under the stage's name (see `fslm export vllm STACK`)."
+        )
+
+    def _translate(self, err: Exception, model: str | None) -> FSLMError:
         import openai
 
-        where = f"{self.base_url} (model {model!r})"
+        where = self.base_url if model is None else f"{self.base_url} (model {model!r})"
         if isinstance(err, openai.APITimeoutError):
             return ServerUnreachableError(
                 f"The server at {where} did not answer within {self.settings.timeout:g}s "
@@ -230,11 +263,8 @@ class RemoteEngine:
                 f"Cannot reach the server at {where} after {self.settings.max_retries} retries: "
                 f"{err.__cause__ or err}. Is it running?"
             )
-        if isinstance(err, openai.NotFoundError):
-            return AdapterError(
-                f"The server at {self.base_url} does not serve model {model!r} ({err.message}). Serve each "
-                "stage's adapter under the stage's name (see `fslm export vllm STACK`)."
-            )
+        if isinstance(err, openai.NotFoundError) and model is not None:
+            return self._not_served(err, model)
         if isinstance(err, openai.APIStatusError):
             return RemoteEngineError(f"The server at {where} answered HTTP {err.status_code}: {err.message}")
         return RemoteEngineError(f"Request to the server at {where} failed: {err}")
@@ -269,6 +299,10 @@ class RemoteEngine:
                 finish = (gen.generation_info or {}).get("finish_reason") or "stop"
         except openai.OpenAIError as err:
             raise self._translate(err, model) from err
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+            # langchain-openai lets these through for a 200 reply that is not a completion (a proxy's
+            # HTML page, truncated JSON, no choices, no usage)
+            raise _malformed(self.base_url, model, err) from err
         text, hit = cut_at_stop(text.lstrip(), request.config.stop)
         return Generation(
             text=text,
@@ -292,24 +326,66 @@ class RemoteEngine:
             return list(pool.map(self._one, requests))
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Yield the completion of one request as the server streams it (stops are cut client-side too)."""
+        """Yield the completion of one request as the server streams it (stops are cut client-side too).
+
+        Text that could be the start of a stop sequence is held back until it is known not to be, so the
+        pieces join to what :meth:`generate` returns. A stream that ends without a ``finish_reason`` (the
+        connection closed early) raises instead of passing off a truncated text as complete.
+        """
         import openai
 
         model = self.model_name(request.adapter)
         fields = _payload(request.config)
-        emitted, buffer = "", ""
+        stops = request.config.stop
+        hold = max((len(s) for s in stops), default=1) - 1
+        emitted, buffer, finished = "", "", False
         try:
-            for chunk in self._llm().stream(self._messages(request), model=model, **fields):
-                piece = chunk if isinstance(chunk, str) else str(chunk.content)
+            if self.settings.api == "chat":
+                chunks = self._llm().stream(self._messages(request), model=model, **fields)
+            else:  # GenerationChunks carry the finish_reason; OpenAI.stream() yields bare strings
+                chunks = self._llm()._stream(self._messages(request), model=model, **fields)
+            for chunk in chunks:
+                info: Mapping[str, Any]
+                if isinstance(chunk, str):
+                    piece, info = chunk, {}
+                elif hasattr(chunk, "generation_info"):  # completions: GenerationChunk
+                    piece, info = chunk.text, chunk.generation_info or {}
+                else:
+                    piece, info = str(chunk.content), chunk.response_metadata or {}
+                finished = finished or bool(info.get("finish_reason"))
                 buffer = (buffer + piece).lstrip()
-                text, hit = cut_at_stop(buffer, request.config.stop)
-                if text[len(emitted) :]:
-                    yield text[len(emitted) :]
-                    emitted = text
+                text, hit = cut_at_stop(buffer, stops)
+                safe = text if hit or hold <= 0 else text[: max(len(emitted), len(text) - hold)]
+                if safe[len(emitted) :]:
+                    yield safe[len(emitted) :]
+                    emitted = safe
                 if hit:
                     return
         except openai.OpenAIError as err:
             raise self._translate(err, model) from err
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+            raise _malformed(self.base_url, model, err) from err
+        if not finished:
+            raise RemoteEngineError(
+                f"The stream from {self.base_url} (model {model!r}) ended without a finish_reason after "
+                f"{len(buffer)} characters: the connection was cut, so the text is incomplete."
+            )
+        if buffer[len(emitted) :]:
+            yield buffer[len(emitted) :]
+
+
+def _malformed(base_url: str, model: str, err: Exception) -> RemoteEngineError:
+    return RemoteEngineError(
+        f"The server at {base_url} (model {model!r}) sent a reply that is not an OpenAI-compatible "
+        f"completion ({type(err).__name__}: {str(err)[:200]})."
+    )
+
+
+def _same_adapter(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    files = ("adapter_config.json", "adapter_model.safetensors")
+    return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
 def remote_engine(remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None) -> RemoteEngine:
