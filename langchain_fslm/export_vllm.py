@@ -56,6 +56,8 @@ class VllmPlan(BaseModel):
         base_stages: Stages without an adapter (they ask for ``base``).
         host: Bind address.
         port: Port.
+        revision: Hub revision of ``base`` the adapters were trained on (``--revision``).
+        trust_remote_code: The manifest allows the base model's own code (``--trust-remote-code``).
     """
 
     base: str
@@ -63,6 +65,8 @@ class VllmPlan(BaseModel):
     base_stages: list[str]
     host: str = "0.0.0.0"
     port: int = 8000
+    revision: str | None = None
+    trust_remote_code: bool = False
 
     @property
     def max_lora_rank(self) -> int:
@@ -76,6 +80,10 @@ class VllmPlan(BaseModel):
     def command_lines(self) -> list[list[str]]:
         """The ``vllm serve`` arguments grouped as the script lays them out: one flag and its value a line."""
         lines = [["vllm", "serve", self.base], ["--host", self.host], ["--port", str(self.port)]]
+        if self.revision:  # the adapters were trained on this revision of the base, not the latest
+            lines += [["--revision", self.revision], ["--tokenizer-revision", self.revision]]
+        if self.trust_remote_code:
+            lines += [["--trust-remote-code"]]
         if self.modules:
             lines += [["--enable-lora"], ["--lora-modules"]]
             lines += [[_lora_module_arg(m)] for m in self.modules]
@@ -141,7 +149,9 @@ def vllm_plan(
         AdapterError: If an adapter's config cannot be read.
     """
     manifest = load_manifest(folder)
-    if base is None:
+    revision, trust_remote_code = None, False
+    if base is None:  # the manifest's own base: keep its revision and trust setting
+        revision, trust_remote_code = manifest.base_model.revision, manifest.base_model.trust_remote_code
         source = manifest.base_model.source
         base = HUB_IDS.get(source, source)
         if base.endswith(".gguf") or manifest.base_model.gguf_file:
@@ -152,7 +162,15 @@ def vllm_plan(
     root = Path(folder)
     modules = [_module(s.name, root / s.adapter) for s in manifest.stages if s.adapter]
     plain = [s.name for s in manifest.stages if not s.adapter]
-    return VllmPlan(base=base, modules=modules, base_stages=plain, host=host, port=port)
+    return VllmPlan(
+        base=base,
+        modules=modules,
+        base_stages=plain,
+        host=host,
+        port=port,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def render(plan: VllmPlan, folder: str | Path) -> str:

@@ -46,6 +46,19 @@ def test_plan_serves_each_adapter_under_its_stage_name(stack_dir, tiny_model_dir
     assert plan.modules[0].target_modules == ["query_key_value"]
 
 
+def test_plan_keeps_the_manifests_base_revision_and_trust_setting(stack_dir, tiny_model_dir):
+    manifest_file = stack_dir / "fslm_stack.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["base_model"].update(revision="abc123", trust_remote_code=True)
+    manifest_file.write_text(json.dumps(manifest))
+    command = vllm_plan(stack_dir).command()
+    assert command[command.index("--revision") + 1] == "abc123"
+    assert command[command.index("--tokenizer-revision") + 1] == "abc123"
+    assert "--trust-remote-code" in command
+    overridden = vllm_plan(stack_dir, base=str(tiny_model_dir)).command()  # another base: its own revision
+    assert "--revision" not in overridden and "--trust-remote-code" not in overridden
+
+
 def test_rank_rounds_up_to_a_vllm_value(stack_dir):
     config_file = stack_dir / "adapters" / "answer" / "adapter_config.json"
     config = json.loads(config_file.read_text())
