@@ -300,9 +300,21 @@ def _stream_cleaner(output_type: type[StageOutput]) -> TextStream | _RawStream:
 
 
 def _adapter_name(stage: str, path: str | Path) -> str:
-    """A unique engine-wide adapter name, so stacks sharing a base never overwrite each other's."""
-    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
-    return f"{stage}-{digest}"
+    """A unique engine-wide adapter name, so stacks sharing a base never overwrite each other's.
+
+    The name covers the folder and the identity of its files (inode, size, mtime, ctime), so an
+    adapter saved again over the same folder (``save_pretrained`` or ``fslm train`` over an existing
+    stack) is loaded anew instead of reusing the weights loaded from the old files.
+    """
+    folder = Path(path).expanduser().resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        try:
+            st = (folder / file).stat()
+        except OSError:  # missing files are reported by the adapter check
+            continue
+        digest.update(f"|{file}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
+    return f"{stage}-{digest.hexdigest()[:10]}"
 
 
 class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
@@ -455,6 +467,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             ManifestError: If the manifest is missing or wrong (the message names file and field).
             AdapterError: If an adapter cannot be loaded onto the base model.
         """
+        folder = Path(folder).expanduser()
         manifest = load_manifest(folder)
         if manifest.base_model.trust_remote_code and not trust_remote_code:
             raise ManifestError(
@@ -490,7 +503,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         ]
         return StackManifest(
             name=self.name or "fslm-stack",
-            base_model=self.base_model or BaseModelRef(),
+            base_model=(self.base_model or BaseModelRef()).absolute(),
             stages=specs,
             description=self.description,
         )

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -125,7 +126,8 @@ def load_manifest(folder: str | Path) -> StackManifest:
     Raises:
         ManifestError: Naming the file and the field, if anything is missing or wrong.
     """
-    path = Path(folder) / MANIFEST_FILE
+    folder = Path(folder).expanduser()
+    path = folder / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"{path}: no stack manifest here (is {folder} a stack folder?)")
     try:
@@ -136,7 +138,7 @@ def load_manifest(folder: str | Path) -> StackManifest:
         manifest = StackManifest.model_validate(data)
     except ValidationError as err:
         raise ManifestError(f"{path}: {_describe(err)}") from err
-    root = Path(folder).resolve()
+    root = folder.resolve()
     for stage in manifest.stages:
         if stage.adapter is None:
             continue
@@ -160,9 +162,17 @@ def write_stack_atomically(folder: str | Path, fill: Callable[[Path], None]) -> 
     Returns:
         The destination folder.
     """
-    dest = Path(folder).resolve()
+    dest = Path(folder).expanduser().resolve()
+    if dest.exists() and not dest.is_dir():
+        raise ManifestError(f"{dest} exists and is not a folder; a stack is not saved over it.")
+    if dest.is_dir() and not (dest / MANIFEST_FILE).is_file() and any(dest.iterdir()):
+        raise ManifestError(
+            f"{dest} is a folder that is not empty and holds no {MANIFEST_FILE}; saving a stack there "
+            "would replace everything in it. Choose a new or empty folder, or an existing stack."
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: the stack gets the umask's permissions, not 0700
     try:
         fill(tmp)
         if dest.exists():

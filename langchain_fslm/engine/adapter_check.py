@@ -76,17 +76,29 @@ def check_adapter(path: Path, base_model: Any) -> None:
     Raises:
         AdapterError: Naming the file and field or tensor that is wrong.
     """
-    read_adapter_config(path)
+    config = read_adapter_config(path)
     shapes = read_tensor_shapes(path)
+    rank = None if config.get("rank_pattern") else config["r"]  # per-module ranks: peft checks them
     file = path / WEIGHTS_FILE
     if not shapes:
         raise AdapterError(f"{file}: holds no tensors")
+    pairs: dict[str, set[str]] = {}
     for key, shape in shapes.items():
         for part in ("lora_A", "lora_B"):
             marker = f".{part}."
             if marker not in key:
                 continue
+            if not key.startswith(_PREFIX):  # peft would skip it and keep a freshly initialised layer
+                raise AdapterError(
+                    f"{file}: tensor {key!r} does not start with {_PREFIX!r}, so peft would not load it "
+                    "(was the adapter saved with peft's save_pretrained?)"
+                )
             module_name = key.split(marker)[0].removeprefix(_PREFIX)
+            pairs.setdefault(module_name, set()).add(part)
+            if len(shape) != 2:
+                raise AdapterError(
+                    f"{file}: tensor {key!r} has shape {shape}; a LoRA matrix has 2 dimensions"
+                )
             try:
                 module = base_model.get_submodule(module_name)
             except AttributeError:
@@ -94,12 +106,27 @@ def check_adapter(path: Path, base_model: Any) -> None:
                     f"{file}: tensor {key!r} is for module {module_name!r}, which this base model lacks "
                     "(an adapter trained on another base?)"
                 ) from None
+            got_rank = shape[0] if part == "lora_A" else shape[1]
+            if rank is not None and got_rank != rank:
+                raise AdapterError(
+                    f"{file}: tensor {key!r} has rank {got_rank} (shape {shape}), but "
+                    f"{path / CONFIG_FILE} says r={rank}"
+                )
             layer = getattr(module, "base_layer", module)
             expected = getattr(layer, "in_features" if part == "lora_A" else "out_features", None)
             got = shape[1] if part == "lora_A" else shape[0]
-            if expected is not None and len(shape) == 2 and got != expected:
+            if expected is not None and got != expected:
                 raise AdapterError(
                     f"{file}: tensor {key!r} has shape {shape}, but module {module_name!r} of this base "
                     f"model has {'in' if part == 'lora_A' else 'out'}_features={expected} (an adapter "
                     "trained on another base?)"
                 )
+    if not pairs:
+        raise AdapterError(
+            f"{file}: holds no LoRA weights (no '.lora_A.' / '.lora_B.' tensors); loading it would leave "
+            "freshly initialised adapter layers"
+        )
+    for module_name, parts in sorted(pairs.items()):
+        if parts != {"lora_A", "lora_B"}:
+            missing = ({"lora_A", "lora_B"} - parts).pop()
+            raise AdapterError(f"{file}: module {module_name!r} has no {missing} tensor")

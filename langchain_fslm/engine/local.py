@@ -52,6 +52,20 @@ def get_engine(ref: BaseModelRef) -> LocalEngine:
         return engine
 
 
+def _strip_lora_layers(model: Any) -> None:
+    """Undo a failed first ``PeftModel.from_pretrained`` on a plain model (it injects in place)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in vars(model):
+            delattr(model, attr)
+
+
 def _stopping_criteria(tokenizer: Any, stops: list[list[str]], prompt_len: int) -> Any:
     """A criterion that marks each row done once its generated text contains one of its stops."""
     import torch
@@ -163,7 +177,9 @@ class LocalEngine:
     @property
     def is_peft(self) -> bool:
         """Whether at least one adapter is loaded (the model is wrapped by peft)."""
-        return hasattr(self.model, "peft_config")
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
 
     def has_adapter(self, name: str) -> bool:
         """Whether an adapter of that name is loaded."""
@@ -192,16 +208,20 @@ class LocalEngine:
                 check_adapter(path, base)
             except AdapterError as err:
                 raise AdapterError(f"Adapter {name!r}: {err}") from None
+            wrapped = self.is_peft
             try:
-                if self.is_peft:
+                if wrapped:
                     self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
                 else:
                     self.model = PeftModel.from_pretrained(
                         self.model, str(path), adapter_name=name, is_trainable=False
                     )
             except Exception as err:  # peft raises many types; name the file, keep the cause
-                if self.has_adapter(name):  # never keep a half-loaded adapter under that name
+                # never keep a half-loaded adapter under that name
+                if wrapped and self.has_adapter(name):
                     self.model.delete_adapter(name)
+                elif not wrapped:  # peft injected its layers into the plain model before failing
+                    _strip_lora_layers(self.model)
                 raise AdapterError(
                     f"Adapter {name!r} at {path} could not be loaded on this base model: {err}"
                 ) from err
