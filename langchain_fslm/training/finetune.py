@@ -339,7 +339,7 @@ def _train(
     work = config.resolved_work_dir()
     manifest = StackManifest(
         name=name,
-        base_model=BaseModelRef(source=config.base),
+        base_model=BaseModelRef(source=config.base).absolute(),  # read from anywhere later
         stages=[s.model_copy(update={"adapter": f"adapters/{s.name}"}) for s in specs],
         description=f"Trained by langchain-fslm from {config.handoffs}",
     )
