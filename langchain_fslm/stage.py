@@ -324,9 +324,18 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
     async def astream(  # type: ignore[override]
         self, input: StageInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[str]:
-        """Async :meth:`stream`."""
-        async for piece in aiter_sync(self.stream_text(input)):
-            yield piece
+        """Async :meth:`stream` (a traced run, as in :meth:`stream`)."""
+
+        async def one() -> AsyncIterator[StageInput]:
+            yield input
+
+        async for piece in self._atransform_stream_with_config(one(), self._astream, config):  # type: ignore[arg-type]
+            yield piece  # type: ignore[misc]
+
+    async def _astream(self, inputs: AsyncIterator[StageInput]) -> AsyncIterator[str]:
+        async for state in inputs:
+            async for piece in aiter_sync(self.stream_text(state)):
+                yield piece
 
 
 def _as_text(value: Any) -> str:

@@ -175,3 +175,18 @@ def test_a_streamed_free_text_answer_adds_up_to_the_invoked_one(reply, size):
     pieces = list(stack.stream("q"))
     assert "".join(pieces) == stack.invoke("q")
     assert all(pieces)  # no empty chunks
+
+
+def test_a_stage_astream_is_a_traced_run_like_stream(stack):
+    stage = stack.stages[0]
+    for mode in ("stream", "astream"):
+        runs = _Runs()
+        if mode == "stream":
+            text = "".join(stage.stream("Why?", {"callbacks": [runs]}))
+        else:
+
+            async def collect(runs: _Runs = runs) -> str:
+                return "".join([p async for p in stage.astream("Why?", {"callbacks": [runs]})])
+
+            text = asyncio.run(collect())
+        assert text and runs.parents == [None], mode  # one run, the stage's own
