@@ -5,7 +5,7 @@ Engines know nothing about LangChain: they take plain prompts and return plain t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,3 +98,24 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut], cut < len(text)
+
+
+def stream_until_stop(pieces: Iterable[str], stops: Sequence[str]) -> Iterator[str]:
+    """Yield streamed text without its leading whitespace, up to the first stop sequence.
+
+    Text that could be the start of a stop is held back until it is known not to be, so the pieces
+    join to what :func:`cut_at_stop` gives for the whole text. ``pieces`` is not read past a stop.
+    """
+    hold = max((len(s) for s in stops), default=1) - 1
+    emitted = buffer = ""
+    for piece in pieces:
+        buffer = (buffer + piece).lstrip()
+        text, hit = cut_at_stop(buffer, stops)
+        safe = text if hit or hold <= 0 else text[: max(len(emitted), len(text) - hold)]
+        if safe[len(emitted) :]:
+            yield safe[len(emitted) :]
+            emitted = safe
+        if hit:
+            return
+    if buffer[len(emitted) :]:
+        yield buffer[len(emitted) :]

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_fslm.engine.adapter_check import check_adapter
-from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
+from langchain_fslm.engine.base import (
+    Generation,
+    GenerationConfig,
+    GenerationRequest,
+    cut_at_stop,
+    stream_until_stop,
+)
 from langchain_fslm.engine.batcher import MicroBatcher
 from langchain_fslm.engine.compiled import CompiledDecode
 from langchain_fslm.errors import AdapterError, PromptTooLongError, PromptTruncatedWarning
@@ -490,27 +496,15 @@ class LocalEngine:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        emitted = ""
-        buffer = ""
         ended = False
-        hold = max((len(s) for s in config.stop), default=1) - 1
+
+        def pieces() -> Iterator[str]:
+            nonlocal ended
+            yield from streamer
+            ended = True
+
         try:
-            for piece in streamer:
-                buffer = (buffer + piece).lstrip()
-                text, hit = cut_at_stop(buffer, config.stop)
-                if hit:
-                    if text[len(emitted) :]:
-                        yield text[len(emitted) :]
-                    emitted = text
-                    break
-                safe = buffer[: len(buffer) - hold] if hold > 0 else buffer
-                if len(safe) > len(emitted):
-                    yield safe[len(emitted) :]
-                    emitted = safe
-            else:
-                ended = True
-                if buffer[len(emitted) :]:
-                    yield buffer[len(emitted) :]
+            yield from stream_until_stop(pieces(), config.stop)
         finally:
             if not ended:  # stopped early (stop string or consumer left): let the worker finish
                 for _ in streamer:

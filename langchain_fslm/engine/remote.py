@@ -20,7 +20,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, cut_at_stop
+from langchain_fslm.engine.base import (
+    Generation,
+    GenerationConfig,
+    GenerationRequest,
+    cut_at_stop,
+    stream_until_stop,
+)
 from langchain_fslm.errors import AdapterError, FSLMError
 
 ENV_BASE_URL = "FSLM_REMOTE_BASE_URL"
@@ -336,14 +342,13 @@ class RemoteEngine:
 
         model = self.model_name(request.adapter)
         fields = _payload(request.config)
-        stops = request.config.stop
-        hold = max((len(s) for s in stops), default=1) - 1
-        emitted, buffer, finished = "", "", False
-        try:
+
+        def pieces() -> Iterator[str]:
             if self.settings.api == "chat":
                 chunks = self._llm().stream(self._messages(request), model=model, **fields)
             else:  # GenerationChunks carry the finish_reason; OpenAI.stream() yields bare strings
                 chunks = self._llm()._stream(self._messages(request), model=model, **fields)
+            finished, received = False, 0
             for chunk in chunks:
                 info: Mapping[str, Any]
                 if isinstance(chunk, str):
@@ -353,25 +358,20 @@ class RemoteEngine:
                 else:
                     piece, info = str(chunk.content), chunk.response_metadata or {}
                 finished = finished or bool(info.get("finish_reason"))
-                buffer = (buffer + piece).lstrip()
-                text, hit = cut_at_stop(buffer, stops)
-                safe = text if hit or hold <= 0 else text[: max(len(emitted), len(text) - hold)]
-                if safe[len(emitted) :]:
-                    yield safe[len(emitted) :]
-                    emitted = safe
-                if hit:
-                    return
+                received += len(piece)
+                yield piece
+            if not finished:
+                raise RemoteEngineError(
+                    f"The stream from {self.base_url} (model {model!r}) ended without a finish_reason "
+                    f"after {received} characters: the connection was cut, so the text is incomplete."
+                )
+
+        try:
+            yield from stream_until_stop(pieces(), request.config.stop)
         except openai.OpenAIError as err:
             raise self._translate(err, model) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise _malformed(self.base_url, model, err) from err
-        if not finished:
-            raise RemoteEngineError(
-                f"The stream from {self.base_url} (model {model!r}) ended without a finish_reason after "
-                f"{len(buffer)} characters: the connection was cut, so the text is incomplete."
-            )
-        if buffer[len(emitted) :]:
-            yield buffer[len(emitted) :]
 
 
 def _malformed(base_url: str, model: str, err: Exception) -> RemoteEngineError:
