@@ -14,7 +14,9 @@ from langchain_core.output_parsers import BaseOutputParser
 from pydantic import BaseModel, ConfigDict, Field
 
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|\(\d+\))\s+(.*\S)\s*$")
-_PREFIX = re.compile(r"^\s*(?:task|intent|answer|final answer|draft)\s*:\s*", re.IGNORECASE)
+# labels a model may put before its text ("Answer: ..."); parsing drops them
+_LABELS = ("task", "intent", "answer", "final answer", "draft")
+_PREFIX = re.compile(rf"^\s*(?:{'|'.join(_LABELS)})\s*:\s*", re.IGNORECASE)
 
 
 def _clean(text: str) -> str:
@@ -61,9 +63,6 @@ class Text(StageOutput):
 
     def as_text(self) -> str:  # noqa: D102
         return self.text
-
-
-_LABELS = ("task", "intent", "answer", "final answer", "draft")
 
 
 class TextStream:

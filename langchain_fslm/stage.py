@@ -362,10 +362,10 @@ async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
                     return
                 yield item  # type: ignore[misc]
         finally:
-            # A consumer that stops early (break, cancellation, client disconnect) must close the
-            # iterator on the same worker thread: its ``finally`` releases the engine's thread-owned
-            # lock. Left to the garbage collector, it runs on another thread, cannot release the
-            # lock, and every later call on the engine blocks forever.
+            # A consumer that stops early (break, cancellation, client disconnect) closes the
+            # iterator here, on the thread that ran it: its ``finally`` (the engine's stream waits
+            # for its generation to end) runs now, not later on whatever thread the garbage
+            # collector uses.
             close = getattr(iterator, "close", None)
             if close is not None:
                 await asyncio.shield(loop.run_in_executor(worker, close))
