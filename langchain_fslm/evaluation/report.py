@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from langchain_fslm.files import write_atomically, write_text
 
 
 @dataclass(frozen=True)
@@ -20,28 +20,6 @@ class Bar:
     low: float
     high: float
     chance: float | None = None
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write a file through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write text atomically."""
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.errors import InvalidInputError
+from langchain_fslm.files import write_text
 from langchain_fslm.manifest import StackManifest, StageSpec, dump_manifest, write_stack_atomically
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.training.config import TrainConfig
@@ -199,13 +200,7 @@ def _check_work_dir(stage_dir: Path, fingerprint: dict[str, Any], main: bool) ->
         logger.warning("%s: a run without %s (older version?); resuming it unchecked", stage_dir, _RUN_FILE)
     if main and not run_file.is_file():
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(run_file, fingerprint)
-
-
-def _write_json_atomically(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+        write_text(run_file, json.dumps(fingerprint))
 
 
 def _last_complete_checkpoint(stage_dir: Path) -> str | None:
@@ -312,9 +307,8 @@ def _train_adapter(
     main = trainer.is_world_process_zero()
     if main:
         model.save_pretrained(str(final), safe_serialization=True)
-        _write_json_atomically(  # written last: its presence marks the stage finished
-            log_file, {"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history}
-        )
+        log = {"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history}
+        write_text(log_file, json.dumps(log))  # written last: its presence marks the stage finished
     trainer.accelerator.wait_for_everyone()
     return losses, wall, main
 
