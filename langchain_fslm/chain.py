@@ -25,7 +25,7 @@ from langchain_core.runnables import (
     RunnableSerializable,
 )
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.base import Engine, GenerationConfig
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
@@ -317,6 +317,18 @@ def _adapter_name(stage: str, path: str | Path) -> str:
     return f"{stage}-{digest.hexdigest()[:10]}"
 
 
+class _AdapterLoads:
+    """The local adapters one :meth:`FSLMChain.from_specs` call loaded; copies of the stack share it."""
+
+    def __init__(self, loads: list[tuple[Any, str]] | None = None) -> None:
+        self.loads = loads or []  # (LocalEngine, adapter name)
+
+    def release(self) -> None:
+        loads, self.loads = self.loads, []  # once, whichever copy asks
+        for engine, name in loads:
+            engine.release_adapter(name)
+
+
 class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
     """A fine-tuned stack of small language models, usable wherever LangChain expects an LLM.
 
@@ -348,6 +360,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
     include_handoffs: bool = False
     adapter_sources: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+
+    _adapters: _AdapterLoads = PrivateAttr(default_factory=_AdapterLoads)
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -406,20 +420,28 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                     f"this stack has {'no local stages' if 'local' not in kinds else type(engine).__name__}"
                 )
             engine.enable_compile_decode()
-        stages, sources = [], {}
-        for spec, kind in zip(specs, kinds, strict=True):
-            stage_engine = remote_engine if kind == "remote" else engine
-            adapter = None
-            if spec.adapter is not None:
-                folder = Path(adapter_root or ".") / spec.adapter
-                remote_stage = isinstance(stage_engine, RemoteEngine)
-                adapter = spec.name if remote_stage else _adapter_name(spec.name, folder)
-                # a remote engine is always asked: it refuses a second, different adapter under one name
-                if remote_stage or not stage_engine.has_adapter(adapter):  # type: ignore[union-attr]
+        stages, sources, loads = [], {}, _AdapterLoads()
+        try:
+            for spec, kind in zip(specs, kinds, strict=True):
+                stage_engine = remote_engine if kind == "remote" else engine
+                adapter = None
+                if spec.adapter is not None:
+                    folder = Path(adapter_root or ".") / spec.adapter
+                    remote_stage = isinstance(stage_engine, RemoteEngine)
+                    adapter = spec.name if remote_stage else _adapter_name(spec.name, folder)
+                    # an adapter already loaded from that folder only counts one more user;
+                    # a remote engine refuses a second, different adapter under one name
                     stage_engine.load_adapter(adapter, folder)  # type: ignore[union-attr]
-                sources[spec.name] = str(folder)
-            stages.append(SLMRunnable.from_spec(spec, stage_engine, adapter))  # type: ignore[arg-type]
-        return cls(stages=stages, base_model=ref, adapter_sources=sources, **kwargs)
+                    if isinstance(stage_engine, LocalEngine):
+                        loads.loads.append((stage_engine, adapter))
+                    sources[spec.name] = str(folder)
+                stages.append(SLMRunnable.from_spec(spec, stage_engine, adapter))  # type: ignore[arg-type]
+            chain = cls(stages=stages, base_model=ref, adapter_sources=sources, **kwargs)
+        except BaseException:
+            loads.release()  # a failed load keeps none of the adapters it loaded before failing
+            raise
+        chain._adapters = loads
+        return chain
 
     @classmethod
     def default(
@@ -523,6 +545,20 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             dump_manifest(manifest, tmp)
 
         return write_stack_atomically(folder, fill)
+
+    def release(self) -> None:
+        """Free the weights of the LoRA adapters this stack loaded, unless another stack uses them.
+
+        For long-running processes that load stacks again and again (a retrained stack, a stack
+        per request): without it, each load's adapters stay in memory for the life of the process.
+        The base model stays loaded, shared by the other stacks on it.
+
+        Afterwards this stack, and the copies made from it (``with_generation``, a
+        :class:`~langchain_fslm.ChatFSLM` around it), can no longer run its adapter stages: they
+        raise :class:`~langchain_fslm.errors.AdapterError`. Releasing again does nothing. Remote
+        stages are not affected.
+        """
+        self._adapters.release()
 
     def with_generation(self, stage: str | None = None, **updates: Any) -> FSLMChain:
         """A copy whose stage (default: the last) uses updated generation settings.

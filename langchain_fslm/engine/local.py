@@ -146,6 +146,7 @@ class LocalEngine:
             use_chat_template = getattr(tokenizer, "chat_template", None) is not None
         self.use_chat_template = use_chat_template
         self.adapter_paths: dict[str, str] = {}
+        self.adapter_users: dict[str, int] = {}  # adapter -> loads not yet released
         self.lock = threading.RLock()
         self.tokenizer_lock = threading.RLock()
         self.compiled = CompiledDecode() if compile_decode else None
@@ -194,6 +195,9 @@ class LocalEngine:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a LoRA adapter saved in peft format under a name.
 
+        Loading the same folder under the same name again only counts one more user: each load is
+        given back with :meth:`release_adapter`. Another folder under a loaded name replaces it.
+
         Args:
             name: Name to use for the adapter (usually the stage name).
             path: Folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
@@ -205,10 +209,13 @@ class LocalEngine:
 
         path = Path(path)
         with self.lock:
+            users = self.adapter_users.get(name, 0) + 1
             if self.has_adapter(name):
-                if self.adapter_paths.get(name) == str(path):
+                known = self.adapter_paths.get(name)
+                if known is not None and Path(known).resolve() == path.resolve():
+                    self.adapter_users[name] = users
                     return
-                self.model.delete_adapter(name)
+                self._drop_adapter(name)  # its users now share the new weights
             base = self.model.get_base_model() if self.is_peft else self.model
             try:
                 check_adapter(path, base)
@@ -233,6 +240,34 @@ class LocalEngine:
                 ) from err
             self.model.eval()
             self.adapter_paths[name] = str(path)
+            self.adapter_users[name] = users
+
+    def release_adapter(self, name: str) -> None:
+        """Give back one :meth:`load_adapter` of an adapter; the last one frees its weights.
+
+        When no adapter is left, the model is the plain base model again.
+
+        Raises:
+            AdapterError: If no adapter of that name is loaded.
+        """
+        with self.lock:  # waits for calls in flight
+            if not self.has_adapter(name):
+                raise AdapterError(f"No adapter named {name!r} is loaded.")
+            users = self.adapter_users.get(name, 1) - 1
+            if users > 0:
+                self.adapter_users[name] = users
+            else:
+                self._drop_adapter(name)
+
+    def _drop_adapter(self, name: str) -> None:
+        if list(self.model.peft_config) == [name]:
+            self.model = self.model.unload()  # peft cannot delete its last adapter cleanly
+        else:
+            with warnings.catch_warnings():  # calls name their adapters, the active one is unused
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+                self.model.delete_adapter(name)
+        self.adapter_paths.pop(name, None)
+        self.adapter_users.pop(name, None)
 
     def save_adapter(self, name: str, folder: str | Path) -> None:
         """Write one loaded adapter to ``folder`` in peft format (safetensors)."""
@@ -286,11 +321,13 @@ class LocalEngine:
         if not self.is_peft:
             missing = sorted({a for a in adapters if a})
             if missing:
-                raise AdapterError(f"Adapter(s) {missing} requested but none are loaded.")
+                raise AdapterError(
+                    f"Adapter(s) {missing} requested but none are loaded (was the stack released?)."
+                )
             return {}
         for a in adapters:
             if a and not self.has_adapter(a):
-                raise AdapterError(f"Adapter {a!r} is not loaded.")
+                raise AdapterError(f"Adapter {a!r} is not loaded (was its stack released?).")
         return {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:

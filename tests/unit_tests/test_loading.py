@@ -270,6 +270,71 @@ def test_a_first_adapter_that_peft_refuses_leaves_the_engine_usable(
     assert engine.generate([request.model_copy(update={"adapter": "a"})])[0].text != before
 
 
+def _fresh_engine(tiny_model_dir: Path):
+    from langchain_fslm.engine.local import LocalEngine
+
+    return LocalEngine.from_ref(str(tiny_model_dir), batch_window_ms=None)
+
+
+def test_release_frees_a_stacks_adapters_once_no_stack_uses_them(tiny_model_dir, tiny_adapters):
+    engine = _fresh_engine(tiny_model_dir)
+    base_text = FSLMChain.from_specs(_one_stage(None), engine=engine).invoke("hello")
+    root = tiny_adapters["a"].parent
+    first = FSLMChain.from_specs(_one_stage("a"), engine=engine, adapter_root=root)
+    second = FSLMChain.from_specs(_one_stage("a"), engine=engine, adapter_root=root)
+    other = FSLMChain.from_specs(_one_stage("b"), engine=engine, adapter_root=root)
+    text_a, text_b = second.invoke("hello"), other.invoke("hello")
+    assert len(engine.model.peft_config) == 2  # the same folder is loaded once
+
+    first.release()
+    first.release()  # a second release gives nothing back twice
+    assert second.invoke("hello") == text_a
+    second.with_generation(max_new_tokens=3).release()  # copies share their stack's loads
+    assert len(engine.model.peft_config) == 1
+    with pytest.raises(AdapterError, match="released"):
+        second.invoke("hello")
+    second.release()  # already released through its copy: nothing happens
+    assert other.invoke("hello") == text_b
+
+    other.release()
+    assert not engine.is_peft  # the last adapter gone: the plain base model again
+    assert FSLMChain.from_specs(_one_stage(None), engine=engine).invoke("hello") == base_text
+    again = FSLMChain.from_specs(_one_stage("a"), engine=engine, adapter_root=root)
+    assert again.invoke("hello") == text_a
+
+
+def test_reloading_and_releasing_stacks_keeps_no_adapters(tiny_model_dir, tiny_adapters, tmp_path):
+    engine = _fresh_engine(tiny_model_dir)
+    params = sum(p.numel() for p in engine.model.parameters())
+    for i in range(5):  # a retrained stack each time: a new folder, new adapter names
+        shutil.copytree(tiny_adapters["a"], tmp_path / f"run{i}" / "a")
+        stack = FSLMChain.from_specs(_one_stage("a"), engine=engine, adapter_root=tmp_path / f"run{i}")
+        stack.invoke("hello")
+        stack.release()
+    assert not engine.is_peft and engine.adapter_paths == {} and engine.adapter_users == {}
+    assert sum(p.numel() for p in engine.model.parameters()) == params
+
+
+def test_a_stack_that_fails_to_load_keeps_none_of_its_adapters(tiny_model_dir, tiny_adapters):
+    engine = _fresh_engine(tiny_model_dir)
+    specs = [*_one_stage("a"), _one_stage("missing")[0].model_copy(update={"name": "s2"})]
+    with pytest.raises(AdapterError, match="missing"):
+        FSLMChain.from_specs(specs, engine=engine, adapter_root=tiny_adapters["a"].parent)
+    assert not engine.is_peft and engine.adapter_users == {}
+
+
+def test_a_folder_loaded_under_a_loaded_name_replaces_it(tiny_model_dir, tiny_adapters):
+    request = GenerationRequest(prompt="hello", adapter="x", config=GenerationConfig(max_new_tokens=6))
+    reference = _fresh_engine(tiny_model_dir)
+    reference.load_adapter("x", tiny_adapters["b"])
+    engine = _fresh_engine(tiny_model_dir)
+    engine.load_adapter("x", tiny_adapters["a"])
+    engine.load_adapter("x", tiny_adapters["b"])  # the only adapter: peft cannot delete it in place
+    assert engine.generate([request])[0].text == reference.generate([request])[0].text
+    with pytest.raises(AdapterError, match="No adapter named 'y'"):
+        engine.release_adapter("y")
+
+
 def test_adapter_files_that_peft_would_half_load_are_refused(tiny_engine, tiny_adapters, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
