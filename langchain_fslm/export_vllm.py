@@ -8,9 +8,7 @@ the stage's name, which is the model name the remote engine asks for
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +17,7 @@ from pydantic import BaseModel
 
 from langchain_fslm.cli_errors import fail
 from langchain_fslm.errors import AdapterError, FSLMError, ManifestError
+from langchain_fslm.files import write_text
 from langchain_fslm.manifest import load_manifest
 from langchain_fslm.models import EMBEDDED_DEFAULT
 
@@ -194,19 +193,6 @@ def render(plan: VllmPlan, folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 export_app = typer.Typer(help="Export a stack for serving elsewhere.", no_args_is_help=True)
 
 
@@ -230,7 +216,7 @@ def vllm(
     script = render(plan, folder)
     if write is not None:
         try:
-            _write_atomically(write, script)
+            write_text(write, script, mode=0o777)
         except OSError as err:
             raise fail(f"cannot write {write} ({err})") from None
         typer.secho(f"wrote {write}", fg=typer.colors.GREEN, err=True)

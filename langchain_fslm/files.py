@@ -8,8 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write a file through a temporary file in the same folder, then rename it into place."""
+def write_atomically(path: Path, write: Callable[[Path], object], mode: int = 0o666) -> Path:
+    """Write a file through a temporary file in the same folder, then rename it into place.
+
+    Args:
+        path: The file.
+        write: Writes the content to the temporary path it is given.
+        mode: Permissions before the umask (0o777 for a script).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -18,16 +24,16 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, mode & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write text atomically."""
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_text(path: Path, text: str, mode: int = 0o666) -> Path:
+    """Write text atomically (``mode``: permissions before the umask)."""
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode)
 
 
 __all__ = ["write_atomically", "write_text"]
