@@ -253,8 +253,9 @@ _CACHE_FORMAT = 1
 _CACHE_DTYPE = "float32"  # the cache always holds the de-quantised fp32 weights, whatever dtype is asked
 
 
-def _gguf_cache_folder(gguf_path: Path) -> Path:
-    return cache_dir() / "gguf" / _file_hash(gguf_path)[:32]
+def _gguf_cache_folder(digest: str) -> Path:
+    """The cache folder of a GGUF file with that sha256."""
+    return cache_dir() / "gguf" / digest[:32]
 
 
 def _cache_marker(digest: str, weights: Path) -> dict[str, Any]:
@@ -322,7 +323,7 @@ def _load_gguf(resolved: ResolvedModel, ref: BaseModelRef) -> tuple[Any, Any]:
     assert resolved.gguf_file is not None
     gguf_path = Path(resolved.path) / resolved.gguf_file
     digest = _file_hash(gguf_path)
-    cached = cache_dir() / "gguf" / digest[:32]
+    cached = _gguf_cache_folder(digest)
     loaded = _try_cached(cached, digest, ref)
     if loaded is not None:
         return loaded

@@ -65,7 +65,7 @@ def test_gguf_cache_holds_fp32_whatever_dtype_came_first(fake_gguf, tiny_model_d
 def test_gguf_cache_that_is_broken_is_rebuilt_not_raised(fake_gguf, caplog):
     gguf, conversions = fake_gguf
     models.load_base_model(str(gguf))
-    cached = models._gguf_cache_folder(gguf)
+    cached = models._gguf_cache_folder(models._file_hash(gguf))
     os.truncate(cached / "model.safetensors", 1000)
     with caplog.at_level(logging.INFO, logger="langchain_fslm.models"):
         models.load_base_model(str(gguf))
@@ -84,7 +84,7 @@ def test_gguf_cache_that_is_broken_is_rebuilt_not_raised(fake_gguf, caplog):
 def test_gguf_cache_from_before_the_marker_is_converted_again(fake_gguf):
     gguf, conversions = fake_gguf
     models.load_base_model(str(gguf))
-    cached = models._gguf_cache_folder(gguf)
+    cached = models._gguf_cache_folder(models._file_hash(gguf))
     (cached / "fslm_cache.json").unlink()  # e.g. written in bf16 by an older version
     models.load_base_model(str(gguf))
     assert len(conversions) == 2 and (cached / "fslm_cache.json").is_file()
@@ -92,7 +92,7 @@ def test_gguf_cache_from_before_the_marker_is_converted_again(fake_gguf):
 
 def test_killed_conversions_leave_no_temporary_folder_behind(fake_gguf):
     gguf, _ = fake_gguf
-    cached = models._gguf_cache_folder(gguf)
+    cached = models._gguf_cache_folder(models._file_hash(gguf))
     leftover = cached.parent / f".tmp-{cached.name}-deadbeef"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half")
