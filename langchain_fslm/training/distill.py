@@ -20,6 +20,7 @@ from typing import Any, Literal
 from langchain_core.exceptions import OutputParserException
 from pydantic import BaseModel, Field
 
+from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutputParser, output_type_by_name
 from langchain_fslm.training.data import record_id, request_text
@@ -45,16 +46,37 @@ def dropped_path(out: Path) -> Path:
     return out.with_name(out.name + ".dropped.jsonl")
 
 
-def _finished_ids(path: Path) -> set[str]:
-    """Ids in a JSON-lines file; a torn last line (killed mid-write) is cut off first."""
+def _written(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a torn last line (killed mid-write) is cut off first."""
     if not path.exists():
-        return set()
+        return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         with path.open("r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
         data = data[: data.rfind(b"\n") + 1]
-    return {json.loads(line)["id"] for line in data.splitlines() if line.strip()}
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def _open_output(out: Path, teacher: str) -> set[str]:
+    """Check ``out`` can be written and holds only this teacher's records; return the ids done.
+
+    Raises:
+        InvalidInputError: If ``out`` cannot be written, or an earlier run wrote it with another teacher.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.open("a").close()  # fail before the teacher is called, not after its first batch
+        records, dropped = _written(out), _written(dropped_path(out))
+    except OSError as err:
+        raise InvalidInputError(f"{out}: cannot write the distilled records ({err})") from None
+    others = sorted({str(r.get("teacher")) for r in records} - {teacher})
+    if others:
+        raise InvalidInputError(
+            f"{out} holds records written by teacher {', '.join(others)}; this run's teacher is "
+            f"{teacher}. Use another --out (or delete the file) rather than mix two teachers' targets."
+        )
+    return {r["id"] for r in (*records, *dropped)}
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -92,6 +114,9 @@ def distill(
 
     Returns:
         Counts of written, skipped and dropped records.
+
+    Raises:
+        InvalidInputError: If ``out`` cannot be written or holds another teacher's records.
     """
     from tqdm.auto import tqdm
 
@@ -110,8 +135,7 @@ def distill(
     parsers = [StageOutputParser(output_type=output_type_by_name(s.output_type)) for s in specs]
     resolved = resolve_teacher(teacher)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _finished_ids(out) | _finished_ids(dropped_path(out))
+    done = _open_output(out, resolved.name)
     todo = [r for r in rows if record_id(r) not in done]
     stats = DistillStats(skipped=len(rows) - len(todo), dropped={s.name: 0 for s in specs})
     bar = tqdm(total=len(todo), desc=f"distill ({resolved.name})", unit="rec", disable=not progress)
@@ -161,8 +185,6 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Read distilled records (a torn last line is ignored)."""
     path = Path(path)
     if not path.is_file():
-        from langchain_fslm.errors import InvalidInputError
-
         raise InvalidInputError(f"{path}: handoffs file not found (run `fslm distill` first)")
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -54,7 +54,7 @@ class LangChainTeacher:
                 f"teacher must be a LangChain chat model or LLM, not {type(model).__name__}"
             )
         self.model = model
-        self.name = name or type(model).__name__
+        self.name = name or model_label(model)
 
     def write(self, spec: StageSpec, prompts: Sequence[str]) -> list[str]:  # noqa: D102
         from langchain_core.messages import HumanMessage, SystemMessage
@@ -66,6 +66,15 @@ class LangChainTeacher:
         outputs = self.model.batch(inputs)
         texts = [o.text if hasattr(o, "text") and not isinstance(o, str) else str(o) for o in outputs]
         return [cut_at_stop(t.strip(), spec.generation.stop)[0] for t in texts]
+
+
+def model_label(model: Any) -> str:
+    """A LangChain model's class and model name, e.g. ``ChatOllama(llama3.2:3b)``."""
+    for attr in ("model_name", "model", "model_id", "repo_id"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return f"{type(model).__name__}({value})"
+    return type(model).__name__
 
 
 def resolve_teacher(spec: str | Any) -> Teacher:
@@ -104,4 +113,6 @@ def resolve_teacher(spec: str | Any) -> Teacher:
         raise InvalidInputError(f"teacher {spec!r}: cannot import {rest!r} from {kind!r} ({err})") from err
     if callable(obj) and not hasattr(obj, "batch"):
         obj = obj()
-    return resolve_teacher(obj)
+    if hasattr(obj, "write"):
+        return obj
+    return LangChainTeacher(obj, name=f"{spec} = {model_label(obj)}")

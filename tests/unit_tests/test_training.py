@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from langchain_fslm.cli import app
+from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.training import DistillConfig, TrainConfig, distill, load_config, split_heldout
 from langchain_fslm.training.config import ConfigError
 from langchain_fslm.training.data import load_alpaca, record_id
@@ -84,6 +85,46 @@ def test_distill_with_a_langchain_chat_model_and_a_local_model(tmp_path, tiny_mo
     stats = distill(ROWS[:2], f"hf:{tiny_model_dir}", tmp_path / "b.jsonl", max_new_tokens=4, progress=False)
     assert stats.written + sum(stats.dropped.values()) == 2
     assert all(r["teacher"] == f"hf:{tiny_model_dir}" for r in read_records(tmp_path / "b.jsonl"))
+
+
+def test_distill_refuses_to_mix_teachers_in_one_file(tmp_path):
+    from langchain_core.language_models import FakeListChatModel
+
+    out = tmp_path / "h.jsonl"
+    distill(ROWS[:2], CountingTeacher(), out, batch_size=2, progress=False)
+    before = out.read_text()
+    other = FakeListChatModel(responses=["x"])
+    with pytest.raises(InvalidInputError, match=r"teacher counting; this run's teacher is FakeListChatModel"):
+        distill(ROWS[:4], other, out, progress=False)
+    assert out.read_text() == before  # nothing was added
+
+
+def test_distill_with_an_unwritable_out_fails_before_calling_the_teacher(tmp_path):
+    teacher = CountingTeacher()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InvalidInputError, match="cannot write the distilled records"):
+        distill(ROWS[:2], teacher, blocker / "h.jsonl", progress=False)  # its folder is a file
+    assert teacher.calls == []
+
+
+def test_a_module_attr_teacher_is_recorded_by_spec_and_model(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from langchain_core.language_models import FakeListChatModel
+
+    from langchain_fslm.training.teacher import resolve_teacher
+
+    module = types.ModuleType("my_teachers")
+    module.llama = FakeListChatModel(responses=["x"])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "my_teachers", module)
+    assert resolve_teacher("my_teachers:llama").name == "my_teachers:llama = FakeListChatModel"
+
+    class Named(FakeListChatModel):
+        model_name: str = "llama3.2:3b"
+
+    assert resolve_teacher(Named(responses=["x"])).name == "Named(llama3.2:3b)"
 
 
 def test_heldout_split_is_seeded_and_disjoint(tmp_path):
@@ -347,7 +388,6 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, 
 
 
 def test_resume_skips_a_checkpoint_killed_while_saving_and_refuses_changed_settings(tmp_path):
-    from langchain_fslm.errors import InvalidInputError
     from langchain_fslm.training.finetune import _check_work_dir, _fingerprint, _last_complete_checkpoint
 
     stage = tmp_path / "intent"
