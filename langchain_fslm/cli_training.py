@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from langchain_fslm.cli_errors import fail
+from langchain_fslm.cli_errors import fail, interrupted
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="YAML/TOML config file; flags override its values.")
@@ -69,6 +69,8 @@ def distill(
         )
     except FSLMError as err:
         raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise interrupted("the records written so far are kept") from None
     typer.echo(json.dumps(stats.model_dump()))
 
 
@@ -132,6 +134,8 @@ def train(
         result = train_single_lora(cfg) if single else train_stack(cfg)
     except FSLMError as err:
         raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise interrupted("finished stages and the last checkpoint are kept") from None
     if result.stack is not None:
         typer.echo(json.dumps(result.model_dump(mode="json", exclude={"losses"})))
 

@@ -127,6 +127,20 @@ def test_a_module_attr_teacher_is_recorded_by_spec_and_model(tmp_path, monkeypat
     assert resolve_teacher(Named(responses=["x"])).name == "Named(llama3.2:3b)"
 
 
+def test_ctrl_c_in_train_says_how_to_resume(tmp_path, monkeypatch):
+    import langchain_fslm.training.finetune as finetune
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "train_stack", interrupted)
+    result = CliRunner().invoke(
+        app, ["train", "--handoffs", str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 130
+    assert "interrupted: finished stages and the last checkpoint are kept" in result.output
+
+
 def test_heldout_split_is_seeded_and_disjoint(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps(ROWS))
