@@ -307,9 +307,11 @@ class LocalEngine:
     def token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` (no special tokens added); safe to call from several threads."""
         # Same padding setting as batch encoding (a no-op for one text): a fast tokenizer whose
-        # settings change while another thread uses it fails with "Already borrowed".
+        # settings change while another thread uses it fails with "Already borrowed". Not verbose: a
+        # text longer than the model takes is ours to report (PromptTooLongError), not transformers'.
         with self.tokenizer_lock:
-            ids: list[int] = self.tokenizer(text, add_special_tokens=False, padding=True)["input_ids"]
+            encoded = self.tokenizer(text, add_special_tokens=False, padding=True, verbose=False)
+        ids: list[int] = encoded["input_ids"]
         return ids
 
     def count_tokens(self, text: str) -> int:

@@ -184,6 +184,20 @@ def test_too_long_prompt_raises_naming_the_stage(tiny_engine):
         list(stage.stream(prompt))
 
 
+def test_too_long_prompt_is_reported_once_by_us_not_by_transformers(tiny_engine, tiny_model_dir, capfd):
+    from transformers import AutoTokenizer
+
+    from langchain_fslm.engine.local import LocalEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, model_max_length=tiny_engine.context_length)
+    engine = LocalEngine(tiny_engine.model, tokenizer, batch_window_ms=None)
+    prompt = long_prompt(engine, engine.context_length)
+    capfd.readouterr()
+    with pytest.raises(PromptTooLongError):
+        engine.generate([GenerationRequest(prompt=prompt, config=GenerationConfig(max_new_tokens=4))])
+    assert "Token indices sequence length" not in capfd.readouterr().err
+
+
 def test_truncate_left_keeps_the_end_and_warns(tiny_engine):
     config = GenerationConfig(max_new_tokens=16, on_too_long="truncate_left")
     prompt = long_prompt(tiny_engine, 400) + " THE END"
