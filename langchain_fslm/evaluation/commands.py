@@ -72,12 +72,14 @@ def eval_markdown(results: dict[str, Any]) -> str:
             t["score"],
             f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}]",
             t["n"],
+            t.get("failed", 0),
             t["chance"],
             t["note"],
         ]
         for name, t in results["tasks"].items()
     ]
-    table = markdown_table(["task", "metric", "score", "95% CI (Wilson)", "n", "chance", "note"], rows)
+    columns = ["task", "metric", "score", "95% CI (Wilson)", "n", "failed", "chance", "note"]
+    table = markdown_table(columns, rows)
     return f"# fslm eval: {results['model']['label']}\n\n{results['note']}\n\n{table}"
 
 

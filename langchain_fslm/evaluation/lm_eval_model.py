@@ -12,7 +12,8 @@ How a multi-stage stack answers a log-likelihood question (``scoring``):
 * ``stack`` (default): the upstream stages run on the question (the request's context) exactly as in
   normal use, greedy, each distinct context once; then the last stage's prompt is filled with the question
   and their handoffs, rendered through the chat template, and the last stage (its adapter) scores each
-  continuation as its reply. The choice with the highest log-likelihood wins.
+  continuation as its reply. The choice with the highest log-likelihood wins. An upstream stage whose
+  output does not parse hands its raw text on (the item is scored, and listed in ``failures``).
 * ``last_stage``: the last stage's adapter alone scores ``context + continuation`` as raw text, the
   standard lm-eval way, with no upstream stage and no template. The difference between the two measures
   what the upstream stages (and the stage prompt) add.
@@ -67,6 +68,10 @@ class FSLMLM(LM):  # type: ignore[misc]
         batch_size: Rows per forward pass when scoring.
         max_gen_toks: Upper bound on the token budget of ``generate_until`` (requests may ask for less).
         upstream_max_new_tokens: Cap the upstream stages' generation budgets (faster, CPU-friendly runs).
+
+    Attributes:
+        failures: Per request context, the error of an item that failed but was scored anyway (a
+            prompt too long, a stage output that does not parse); the runner reports these items.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class FSLMLM(LM):  # type: ignore[misc]
                 "Log-likelihood scoring needs a local engine (transformers); this stack has none."
             )
         self._handoff_cache: dict[str, dict[str, Any]] = {}
+        self.failures: dict[str, str] = {}  # request context -> why a stage failed on it (scored anyway)
 
     # ----------------------------------------------------------------------------- helpers
     @property
@@ -106,8 +112,15 @@ class FSLMLM(LM):  # type: ignore[misc]
         return str(getattr(self.engine.tokenizer, "name_or_path", "fslm")).replace("/", "__")
 
     def upstream_states(self, contexts: Sequence[str]) -> list[dict[str, Any]]:
-        """Run every stage but the last on each distinct context (batched, cached), return the states."""
+        """Run every stage but the last on each distinct context (batched, cached), return the states.
+
+        A stage whose output does not parse hands its raw text on, as ``on_parse_error="pass_raw"``
+        would: the item is scored as written, and the failure is logged and kept in :attr:`failures`.
+        Other errors stop the run.
+        """
         from langchain_fslm.chain import _initial_state
+        from langchain_fslm.errors import StageOutputError
+        from langchain_fslm.stage import StageResult
 
         todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
         upstream = self.chain.steps[:-1]
@@ -115,7 +128,17 @@ class FSLMLM(LM):  # type: ignore[misc]
             chunk = todo[start : start + self.batch_size]
             states = [_initial_state(c) for c in chunk]
             for step in upstream:
-                states = step.batch(states)
+                rows = step.batch(states, return_exceptions=True)
+                for i, row in enumerate(rows):
+                    if not isinstance(row, Exception):
+                        continue
+                    if not isinstance(row, StageOutputError):
+                        raise row
+                    logger.warning("%s; its raw text is handed on", row)
+                    self.failures.setdefault(chunk[i], f"{type(row).__name__}: {row}")
+                    raw = StageResult(stage=row.stage, raw=row.raw, parse_error=row.reason)
+                    rows[i] = step._advance(states[i], raw)[0]
+                states = rows
             for context, state in zip(chunk, states, strict=True):
                 self._handoff_cache[context] = state
         return [self._handoff_cache[c] for c in contexts]
@@ -197,6 +220,8 @@ class FSLMLM(LM):  # type: ignore[misc]
                 answers = chain.batch([str(requests[i].args[0]) for i in chunk], return_exceptions=True)
                 for i, answer in zip(chunk, answers, strict=True):
                     outputs[i] = self._answer_text(answer)
+                    if isinstance(answer, Exception):
+                        self.failures[str(requests[i].args[0])] = f"{type(answer).__name__}: {answer}"
                 bar.update(len(chunk))
         bar.close()
         return outputs

@@ -50,6 +50,8 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
     Multiple-choice items: ``pred`` is the choice of highest log-likelihood (``acc``), ``pred_norm`` of
     highest log-likelihood per character of the choice (``acc_norm``), as lm-eval computes them.
     Generation items: the final number of the output must equal the target (``exact_match``).
+    An item the LM scored despite an error (kept by request context in the LM's ``failures``, as
+    :class:`~langchain_fslm.evaluation.lm_eval_model.FSLMLM` keeps them) gets that ``error`` too.
 
     Returns:
         One record per item.
@@ -101,6 +103,12 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
                 "loglikelihoods": [round(x, 4) for x in lls],
             }
         )
+    failures: dict[str, str] = getattr(lm, "failures", {})
+    for item, record in zip(items, records, strict=True):
+        contexts = [item.prompt] if item.is_generation else [c for c, _ in item.requests]
+        errors = [failures[c] for c in dict.fromkeys(contexts) if c in failures]
+        if errors:
+            record["error"] = "; ".join(errors)
     return records
 
 
@@ -121,6 +129,7 @@ def summarise(task: str, records: Sequence[dict[str, Any]], seconds: float) -> d
         "score": hits / n if n else 0.0,
         "ci95": [low, high],
         "n": n,
+        "failed": sum("error" in r for r in records),
         "chance": spec.chance,
         "seconds": round(seconds, 2),
         "note": spec.note,

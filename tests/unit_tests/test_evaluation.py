@@ -363,3 +363,41 @@ def test_compare_scores_a_failed_call_wrong_and_goes_on():
     broken = ResolvedSpec(spec="b", label="b", model=RunnableLambda(lambda _: 1 / 0), local=False)
     with pytest.raises(ZeroDivisionError):  # nothing scored: the setup is wrong, not one item
         run_model("b", items, chain_factory=lambda m: m, resolved=broken)
+
+
+class UpstreamFailsEngine:
+    """The tiny engine, except that prompts holding one of ``bad`` get a blank reply (no stage parses it)."""
+
+    def __init__(self, inner, bad: tuple[str, ...]):
+        self.inner, self.bad = inner, bad
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, requests):
+        from langchain_fslm import Generation
+
+        out = self.inner.generate(requests)
+        blank = [any(b in r.prompt for b in self.bad) for r in requests]
+        return [Generation(text="  ") if b else g for b, g in zip(blank, out, strict=True)]
+
+
+def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
+    from langchain_fslm.evaluation.commands import eval_markdown
+
+    items = {task: load_task(task, limit=2) for task in ("arc_easy", "gsm8k")}
+    engine = UpstreamFailsEngine(tiny_engine, (items["arc_easy"][0].question, items["gsm8k"][1].question))
+    specs = [s for s in default_stage_specs(4) if s.name in ("intent", "answer")]
+    specs[1].prompt = "Request: {input}\nWhat is asked: {intent}\n\nAnswer."
+    lm = FSLMLM(stack=FSLMChain.from_specs(specs, engine=engine), scoring="stack", max_gen_toks=4)
+    results = evaluate(lm, ["arc_easy", "gsm8k"], limit=2)  # was: StageOutputError from 'intent'
+    for task, failed in (("arc_easy", 0), ("gsm8k", 1)):
+        records = results["items"][task]
+        assert results["tasks"][task]["n"] == 2 and results["tasks"][task]["failed"] == 1
+        assert "StageOutputError" in records[failed]["error"] and "'intent'" in records[failed]["error"]
+        assert "error" not in records[1 - failed]
+    # multiple choice: the stage's raw text is handed on (as on_parse_error="pass_raw" does)
+    state = lm.upstream_states([items["arc_easy"][0].requests[0][0]])[0]
+    assert state["intent"] == "" and state["_results"][0].parse_error
+    assert len(set(results["items"]["arc_easy"][0]["loglikelihoods"])) > 1  # the choices were scored
+    assert "| failed |" in eval_markdown({"model": {"label": "x"}, "note": "", **results})
