@@ -13,6 +13,7 @@ with ``GenerationConfig(on_too_long="truncate_left")``, cut from the left with a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import threading
 import warnings
@@ -294,6 +295,12 @@ class LocalEngine:
             if isinstance(value, int):
                 return value
         return 2048
+
+    @property
+    def _takes_position_ids(self) -> bool:
+        """Whether the model's forward takes ``position_ids`` (transformers' generate asks the same)."""
+        base = self.model.get_base_model() if self.is_peft else self.model
+        return "position_ids" in inspect.signature(base.forward).parameters
 
     def render(self, prompt: str, system: str | None = None) -> str:
         """The exact text the model sees for a stage prompt (chat template applied where used)."""
@@ -593,6 +600,8 @@ class LocalEngine:
             input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
             kwargs = self._adapter_kwargs([adapter] * len(rows))
+            if self._takes_position_ids:  # a left-padded row starts at position 0, as in generate
+                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
             with self.lock, torch.inference_mode():
                 logits = self.model(input_ids=input_ids, attention_mask=mask, **kwargs).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -361,3 +361,40 @@ def test_stack_option_turns_compiled_decoding_on_in_its_engine(tiny_model_dir):
     with pytest.raises(ValueError, match="no local stages"):
         remote = RemoteEngine("http://127.0.0.1:9/v1")
         FSLMChain.from_specs(specs, backend="remote", remote=remote, compile_decode=True)
+
+
+@pytest.fixture(scope="module")
+def gpt2_engine() -> LocalEngine:
+    """A tiny random GPT-2 (learned absolute positions, unlike rotary GPT-NeoX), Pythia tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from langchain_fslm.engine.local import LocalEngine
+    from tests.conftest import pythia_tokenizer_dir
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50304, n_embd=32, n_layer=2, n_head=4, n_positions=256)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # large position embeddings: a shifted position changes every score
+        model.transformer.wpe.weight.normal_(0.0, 1.0)
+    return LocalEngine(model, AutoTokenizer.from_pretrained(pythia_tokenizer_dir()), batch_window_ms=None)
+
+
+def test_left_padded_loglikelihood_batch_equals_per_row_on_absolute_positions(gpt2_engine, tiny_engine):
+    pairs = [
+        ("Question: What is the capital of France?\nAnswer:", " Paris"),
+        ("Hi", " there, friend."),
+        ("The cat sat on the", " mat."),
+    ]
+    for engine in (gpt2_engine, tiny_engine):
+        batched = engine.loglikelihood(pairs, batch_size=len(pairs))
+        singles = [engine.loglikelihood([pair])[0] for pair in pairs]
+        for (got, got_greedy, got_n), (want, want_greedy, want_n) in zip(batched, singles, strict=True):
+            assert got == pytest.approx(want, abs=1e-4) and (got_greedy, got_n) == (want_greedy, want_n)
+
+
+def test_left_padded_generate_batch_equals_per_row_on_absolute_positions(gpt2_engine):
+    config = GenerationConfig(max_new_tokens=8)
+    requests = [GenerationRequest(prompt=p, config=config) for p in PROMPTS]
+    batched = gpt2_engine.generate(requests)
+    assert [g.text for g in batched] == [gpt2_engine.generate([r])[0].text for r in requests]
