@@ -470,6 +470,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         folder: str | Path,
         *,
         engine: Engine | None = None,
+        base_model: BaseModelRef | str | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> FSLMChain:
@@ -481,6 +482,11 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         Args:
             folder: The stack folder.
             engine: An engine to use instead of loading the manifest's base model.
+            base_model: Where the manifest's base model is on this machine: a source (folder,
+                ``.gguf``, hub id) replacing the manifest's, whose other settings (dtype, revision)
+                stay; or a whole :class:`BaseModelRef`. Default: the manifest's. The manifest stores
+                a local base folder as an absolute path, so a stack copied to another machine needs
+                this when the base model sits elsewhere there.
             trust_remote_code: Allow a manifest that asks for ``base_model.trust_remote_code``
                 (model code from the hub runs). Refused unless you pass True here.
             **kwargs: ``backend``/``remote``/``compile_decode`` (see :meth:`from_specs`) and other fields.
@@ -491,7 +497,12 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         """
         folder = Path(folder).expanduser()
         manifest = load_manifest(folder)
-        if manifest.base_model.trust_remote_code and not trust_remote_code:
+        base = manifest.base_model
+        if isinstance(base_model, str):
+            base = BaseModelRef.model_validate({**base.model_dump(), "source": base_model})
+        elif base_model is not None:
+            base = base_model
+        if base.trust_remote_code and not trust_remote_code:
             raise ManifestError(
                 f"{Path(folder) / 'fslm_stack.json'}: base_model.trust_remote_code is true; loading it "
                 "would run code from the model repository. Pass trust_remote_code=True (fslm run: "
@@ -499,7 +510,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             )
         return cls.from_specs(
             manifest.stages,
-            base_model=manifest.base_model,
+            base_model=base,
             engine=engine,
             adapter_root=folder,
             description=manifest.description,

@@ -33,7 +33,10 @@ def run(
     ] = None,
     base: Annotated[
         Optional[str],
-        typer.Option(help="Base model for the default stack (hub id, folder, .gguf)."),
+        typer.Option(
+            help="Base model (hub id, folder, .gguf) for the default stack, or where a --stack's "
+            "base model is on this machine (default: its manifest's)."
+        ),
     ] = None,
     show_handoffs: Annotated[bool, typer.Option(help="Print every stage's handoff.")] = False,
     handoff_log: Annotated[
@@ -61,12 +64,13 @@ def run(
     from langchain_fslm.handoff import HandoffLogger
     from langchain_fslm.models import ModelNotFoundError
 
-    if stack is not None and base is not None:
-        raise fail("--base is for the default stack; a stack folder names its own base model")
     try:
         if stack is not None:
             chain = FSLMChain.from_pretrained(
-                _stack_folder(stack), compile_decode=compile_decode, trust_remote_code=trust_remote_code
+                _stack_folder(stack),
+                base_model=base,
+                compile_decode=compile_decode,
+                trust_remote_code=trust_remote_code,
             )
             if max_new_tokens:
                 for s in chain.stages:

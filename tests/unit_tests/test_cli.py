@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from langchain_fslm import FSLMChain
+from langchain_fslm import FSLMChain, GenerationConfig, StageSpec
 from langchain_fslm.cli import app
 from langchain_fslm.roles import default_stage_specs
 
@@ -74,8 +74,6 @@ def test_run_with_compile_decode_takes_the_compiled_path(tiny_model_dir, tiny_en
 
 def test_run_flags_that_cannot_apply_are_clear_errors(tiny_model_dir, tiny_engine, tmp_path):
     folder = FSLMChain.from_specs(default_stage_specs(4), engine=tiny_engine).save_pretrained(tmp_path / "s")
-    both = runner.invoke(app, ["run", "hi", "--stack", str(folder), "--base", str(tiny_model_dir)])
-    assert both.exit_code == 2 and "--base is for the default stack" in both.output
     negative = runner.invoke(app, ["run", "hi", "--base", str(tiny_model_dir), "--max-new-tokens", "0"])
     assert negative.exit_code == 2 and "max-new-tokens" in negative.output  # typer's own range check
     manifest = runner.invoke(app, ["info", str(folder / "fslm_stack.json")])  # the manifest file itself
@@ -101,3 +99,28 @@ def test_fslm_works_without_the_eval_extra():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_stack_moved_to_another_machine_runs_with_base_pointing_at_its_copy(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    import json
+    import shutil
+
+    specs = [
+        StageSpec(name="s1", prompt="Q: {input}", adapter="a", generation=GenerationConfig(max_new_tokens=4))
+    ]
+    stack = FSLMChain.from_specs(
+        specs, base_model=str(tiny_model_dir), adapter_root=tiny_adapters["a"].parent
+    )
+    folder = stack.save_pretrained(tmp_path / "s")
+    manifest = json.loads((folder / "fslm_stack.json").read_text())
+    manifest["base_model"]["source"] = "/the/other/machine/tiny-model"  # where it was trained
+    (folder / "fslm_stack.json").write_text(json.dumps(manifest))
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "here" / "tiny-model")
+
+    lost = runner.invoke(app, ["run", "hi", "--stack", str(folder)])
+    assert lost.exit_code == 2 and "/the/other/machine/tiny-model" in lost.output
+    moved = runner.invoke(app, ["run", "hi", "--stack", str(folder), "--base", str(copy)])
+    assert moved.exit_code == 0, moved.output
+    assert moved.stdout.strip() == stack.invoke("hi").strip()
