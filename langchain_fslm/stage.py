@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from langchain_fslm.engine.base import Engine, GenerationConfig, GenerationRequest
+from langchain_fslm.engine.base import Engine, Generation, GenerationConfig, GenerationRequest
 from langchain_fslm.errors import InvalidInputError, PromptTooLongError, StageOutputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutput, StageOutputParser, output_type_by_name
@@ -28,6 +28,26 @@ StageInput = Mapping[str, Any] | str
 
 RETRY_TEMPERATURE = 0.7
 """Retries after a parse failure sample at this temperature (greedy would repeat the same text)."""
+
+
+def _generate_rows(
+    engine: Engine, requests: list[GenerationRequest]
+) -> list[Generation | PromptTooLongError]:
+    """``engine.generate(requests)``, where a prompt too long for the model fails only its own row.
+
+    A batch that raises :class:`PromptTooLongError` is split in halves until the offending rows are alone,
+    so the other rows are generated in batches still (a remote engine sends them again).
+
+    Returns:
+        Per request, its generation or its ``PromptTooLongError``.
+    """
+    try:
+        return list(engine.generate(requests))
+    except PromptTooLongError as err:
+        if len(requests) == 1:
+            return [err]
+    half = len(requests) // 2
+    return _generate_rows(engine, requests[:half]) + _generate_rows(engine, requests[half:])
 
 
 class StageResult(BaseModel):
@@ -177,7 +197,7 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
 
         Returns:
             Per state, its result, or the exception that stopped it (an unparseable output under
-            ``on_parse_error="raise"``, a missing field).
+            ``on_parse_error="raise"``, a missing field, a prompt too long for the model).
         """
         engine = self._require_engine()
         start = time.perf_counter()
@@ -196,12 +216,13 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
         for attempt in range(self.parse_retries + 1):
             if not pending:
                 break
-            try:
-                generations = engine.generate([self.request(prompts[i], attempt) for i in pending])
-            except PromptTooLongError as err:
-                raise PromptTooLongError(f"Stage {self.name!r}: {err}") from err
+            generations = _generate_rows(engine, [self.request(prompts[i], attempt) for i in pending])
             failed = []
             for i, gen in zip(pending, generations, strict=True):
+                if isinstance(gen, PromptTooLongError):
+                    out[i] = too_long = PromptTooLongError(f"Stage {self.name!r}: {gen}")
+                    too_long.__cause__ = gen
+                    continue
                 raws[i] = gen.text
                 tokens[i][0] = gen.prompt_tokens
                 tokens[i][1] += gen.completion_tokens

@@ -1,7 +1,8 @@
 """A tiny OpenAI-compatible HTTP server for plumbing tests of the remote engine.
 
 It records every request body, serves ``/v1/models``, ``/v1/chat/completions`` (plain and SSE streaming)
-and ``/v1/completions``, answers 404 for models it does not serve, and can be told to fail or be slow.
+and ``/v1/completions``, answers 404 for models it does not serve, and can be told to fail, be slow, or
+refuse long prompts (vLLM's context-length HTTP 400).
 Its replies are not model output: they echo the model name and the prompt, so tests can check routing.
 """
 
@@ -22,6 +23,7 @@ class StubOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.fail_next = 0  # answer this many requests with HTTP 500 first
         self.delay_s = 0.0  # sleep before answering
+        self.max_prompt_words: int | None = None  # longer prompts get vLLM's context-length HTTP 400
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -87,6 +89,13 @@ class StubOpenAIServer:
                 chat = self.path.endswith("/chat/completions")
                 prompt = body["messages"][-1]["content"] if chat else body["prompt"]
                 prompt = prompt[0] if isinstance(prompt, list) else prompt
+                if stub.max_prompt_words is not None and len(prompt.split()) > stub.max_prompt_words:
+                    message = (
+                        f"This model's maximum context length is {stub.max_prompt_words} tokens. However, "
+                        f"you requested {len(prompt.split())} tokens. Please reduce the messages."
+                    )
+                    self._json(400, {"object": "error", "message": message, "type": "BadRequestError"})
+                    return
                 text = stub.reply_for(model, prompt)
                 usage = {
                     "prompt_tokens": len(prompt.split()),

@@ -27,7 +27,7 @@ from langchain_fslm.engine.base import (
     cut_at_stop,
     stream_until_stop,
 )
-from langchain_fslm.errors import AdapterError, FSLMError
+from langchain_fslm.errors import AdapterError, FSLMError, PromptTooLongError
 
 ENV_BASE_URL = "FSLM_REMOTE_BASE_URL"
 ENV_API_KEY = "FSLM_REMOTE_API_KEY"
@@ -40,6 +40,17 @@ class RemoteEngineError(FSLMError):
 
 class ServerUnreachableError(RemoteEngineError, ConnectionError):
     """No answer from the server (refused, DNS, or timed out after every retry); names the URL."""
+
+
+CONTEXT_LENGTH_ERRORS = (
+    "maximum context length",
+    "context_length_exceeded",
+    "context size",
+    "maximum model length",
+)
+"""How servers word an HTTP 400 for a prompt too long for the model (vLLM, OpenAI and llama-cpp-python say
+"maximum context length", llama.cpp's llama-server "exceeds the available context size", vLLM's V1 engine
+"longer than the maximum model length")."""
 
 
 class RemoteSettings(BaseModel):
@@ -271,6 +282,10 @@ class RemoteEngine:
             )
         if isinstance(err, openai.NotFoundError) and model is not None:
             return self._not_served(err, model)
+        if isinstance(err, openai.BadRequestError) and any(
+            s in err.message.lower() for s in CONTEXT_LENGTH_ERRORS
+        ):
+            return PromptTooLongError(f"The server at {where} refused the prompt as too long: {err.message}")
         if isinstance(err, openai.APIStatusError):
             return RemoteEngineError(f"The server at {where} answered HTTP {err.status_code}: {err.message}")
         return RemoteEngineError(f"Request to the server at {where} failed: {err}")
@@ -323,6 +338,7 @@ class RemoteEngine:
         Raises:
             ServerUnreachableError: If the server cannot be reached or times out after every retry.
             AdapterError: If the server does not serve a requested model name.
+            PromptTooLongError: If the server refuses a prompt as too long for the model's context.
             RemoteEngineError: For any other HTTP error.
         """
         if len(requests) <= 1:

@@ -198,6 +198,16 @@ def test_too_long_prompt_is_reported_once_by_us_not_by_transformers(tiny_engine,
     assert "Token indices sequence length" not in capfd.readouterr().err
 
 
+def test_a_too_long_row_fails_only_itself_in_a_batch(tiny_engine):
+    stage = SLMRunnable(
+        name="draft", prompt="{input}", engine=tiny_engine, generation=GenerationConfig(max_new_tokens=4)
+    )
+    prompt = long_prompt(tiny_engine, tiny_engine.context_length)
+    outs = stage.batch(["one", prompt, "two"], return_exceptions=True)
+    assert isinstance(outs[1], PromptTooLongError) and "Stage 'draft'" in str(outs[1])
+    assert [o.raw for o in (outs[0], outs[2])] == [stage.invoke("one").raw, stage.invoke("two").raw]
+
+
 def test_truncate_left_keeps_the_end_and_warns(tiny_engine):
     config = GenerationConfig(max_new_tokens=16, on_too_long="truncate_left")
     prompt = long_prompt(tiny_engine, 400) + " THE END"

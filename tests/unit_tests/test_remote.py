@@ -12,7 +12,14 @@ import socket
 
 import pytest
 
-from langchain_fslm import AdapterError, FSLMChain, GenerationConfig, GenerationRequest, StageSpec
+from langchain_fslm import (
+    AdapterError,
+    FSLMChain,
+    GenerationConfig,
+    GenerationRequest,
+    PromptTooLongError,
+    StageSpec,
+)
 from langchain_fslm.engine.remote import (
     RemoteEngine,
     RemoteEngineError,
@@ -149,6 +156,19 @@ def test_batch_is_concurrent_requests_in_order(stub):
     outs = stack.batch(["a", "a b", "a b c"])
     assert outs == [f"{BASE} read {n} words" for n in (4, 5, 6)]
     assert len(bodies(stub)) == 3
+
+
+def test_a_prompt_too_long_for_the_server_fails_only_its_row(stub):
+    stub.max_prompt_words = 8  # the stage's prompt adds 3 words to the input
+    stack = FSLMChain.from_specs(specs({"intent": None}), backend="remote", remote=stub.base_url)
+    outs = stack.batch(["a", "a b c d e f", "a b", "a b c"], return_exceptions=True)
+    assert outs[0] == f"{BASE} read 4 words" and outs[2:] == [f"{BASE} read {n} words" for n in (5, 6)]
+    assert isinstance(outs[1], PromptTooLongError)
+    assert "Stage 'intent'" in str(outs[1]) and "maximum context length is 8 tokens" in str(outs[1])
+    with pytest.raises(PromptTooLongError, match="Stage 'intent'"):
+        stack.batch(["a", "a b c d e f"])
+    with pytest.raises(PromptTooLongError, match="Stage 'intent'"):
+        list(stack.stream("a b c d e f"))
 
 
 def test_a_remote_engine_passed_as_engine_serves_adapters_by_stage_name(stub, tiny_adapters):
