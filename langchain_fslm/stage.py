@@ -180,7 +180,9 @@ class SLMRunnable(RunnableSerializable[StageInput, StageResult]):
             seed = (config.seed or 0) + attempt
             temperature = config.temperature or RETRY_TEMPERATURE
             config = config.model_copy(update={"temperature": temperature, "seed": seed})
-        return GenerationRequest(prompt=prompt, adapter=self.adapter, config=config, system=self.system)
+        return GenerationRequest(
+            prompt=prompt, adapter=self.adapter, config=config, system=self.system, stage=self.name
+        )
 
     def parse(self, raw: str) -> StageOutput:
         """Parse raw text into the output type (raises ``OutputParserException``)."""

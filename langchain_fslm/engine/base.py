@@ -45,6 +45,7 @@ class GenerationRequest(BaseModel):
         adapter: Name of a loaded LoRA adapter, or None for the bare base model.
         config: Generation settings.
         system: Optional system message (used where the model has a chat template).
+        stage: Name of the stage that sends the request, for error messages (None outside a stage).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +54,7 @@ class GenerationRequest(BaseModel):
     adapter: str | None = None
     config: GenerationConfig = Field(default_factory=GenerationConfig)
     system: str | None = None
+    stage: str | None = None
 
 
 class Generation(BaseModel):

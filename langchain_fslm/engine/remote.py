@@ -245,31 +245,34 @@ class RemoteEngine:
                 "base_url must be the API root, usually ending in /v1 (e.g. http://HOST:8000/v1)."
             ) from err
         except openai.OpenAIError as err:
-            raise self._translate(err, None) from err
+            raise self._translate(err) from err
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise RemoteEngineError(
                 f"The server at {self.base_url} sent a malformed model list ({type(err).__name__}: {err})."
             ) from err
 
-    def _not_served(self, err: Exception, model: str) -> FSLMError:
+    def _where(self, model: str | None = None, stage: str | None = None) -> str:
+        """The URL, with the stage and model a request was for, for error messages."""
+        about = ", ".join(f"{k} {v!r}" for k, v in (("stage", stage), ("model", model)) if v is not None)
+        return f"{self.base_url} ({about})" if about else self.base_url
+
+    def _not_served(self, err: Exception, model: str, stage: str | None) -> FSLMError:
         """A 404 for a request: the model is not served, or base_url is not the API root."""
         try:
             served = self.served_models()
         except RemoteEngineError as listing:
             return listing
         if model in served:  # the model exists: the 404 is about something else
-            return RemoteEngineError(
-                f"The server at {self.base_url} (model {model!r}) answered HTTP 404: {err}"
-            )
+            return RemoteEngineError(f"The server at {self._where(model, stage)} answered HTTP 404: {err}")
         return AdapterError(
-            f"The server at {self.base_url} does not serve model {model!r} (it serves {served}). Serve each "
-            "stage's adapter under the stage's name (see `fslm export vllm STACK`)."
+            f"The server at {self._where(stage=stage)} does not serve model {model!r} (it serves {served}). "
+            "Serve each stage's adapter under the stage's name (see `fslm export vllm STACK`)."
         )
 
-    def _translate(self, err: Exception, model: str | None) -> FSLMError:
+    def _translate(self, err: Exception, model: str | None = None, stage: str | None = None) -> FSLMError:
         import openai
 
-        where = self.base_url if model is None else f"{self.base_url} (model {model!r})"
+        where = self._where(model, stage)
         if isinstance(err, openai.APITimeoutError):
             return ServerUnreachableError(
                 f"The server at {where} did not answer within {self.settings.timeout:g}s "
@@ -281,7 +284,7 @@ class RemoteEngine:
                 f"{err.__cause__ or err}. Is it running?"
             )
         if isinstance(err, openai.NotFoundError) and model is not None:
-            return self._not_served(err, model)
+            return self._not_served(err, model, stage)
         if isinstance(err, openai.BadRequestError) and any(
             s in err.message.lower() for s in CONTEXT_LENGTH_ERRORS
         ):
@@ -319,11 +322,11 @@ class RemoteEngine:
                 completion_tokens = usage.get("completion_tokens", 0)
                 finish = (gen.generation_info or {}).get("finish_reason") or "stop"
         except openai.OpenAIError as err:
-            raise self._translate(err, model) from err
+            raise self._translate(err, model, request.stage) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             # langchain-openai lets these through for a 200 reply that is not a completion (a proxy's
             # HTML page, truncated JSON, no choices, no usage)
-            raise _malformed(self.base_url, model, err) from err
+            raise _malformed(self._where(model, request.stage), err) from err
         text, hit = cut_at_stop(text.lstrip(), request.config.stop)
         return Generation(
             text=text,
@@ -378,21 +381,21 @@ class RemoteEngine:
                 yield piece
             if not finished:
                 raise RemoteEngineError(
-                    f"The stream from {self.base_url} (model {model!r}) ended without a finish_reason "
+                    f"The stream from {self._where(model, request.stage)} ended without a finish_reason "
                     f"after {received} characters: the connection was cut, so the text is incomplete."
                 )
 
         try:
             yield from stream_until_stop(pieces(), request.config.stop)
         except openai.OpenAIError as err:
-            raise self._translate(err, model) from err
+            raise self._translate(err, model, request.stage) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            raise _malformed(self.base_url, model, err) from err
+            raise _malformed(self._where(model, request.stage), err) from err
 
 
-def _malformed(base_url: str, model: str, err: Exception) -> RemoteEngineError:
+def _malformed(where: str, err: Exception) -> RemoteEngineError:
     return RemoteEngineError(
-        f"The server at {base_url} (model {model!r}) sent a reply that is not an OpenAI-compatible "
+        f"The server at {where} sent a reply that is not an OpenAI-compatible "
         f"completion ({type(err).__name__}: {str(err)[:200]})."
     )
 

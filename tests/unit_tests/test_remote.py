@@ -204,6 +204,20 @@ def test_server_errors_after_retries_name_url_and_status(stub):
     assert stub.base_url in str(err.value) and len(stub.requests) == 2
 
 
+def test_errors_of_a_stage_without_adapter_name_the_stage(stub):
+    stack = FSLMChain.from_specs(
+        specs({"intent": None, "draft": None}), backend="remote", remote=stub.base_url
+    )
+    stub.fail_next = 100
+    with pytest.raises(RemoteEngineError, match=r"HTTP 500") as err:
+        stack.invoke("hi")
+    assert "stage 'intent'" in str(err.value) and f"model '{BASE}'" in str(err.value)
+    stub.fail_next = 0
+    engine = RemoteEngine(stub.base_url, model="not-served")
+    with pytest.raises(AdapterError, match=r"stage 'draft'.*does not serve model 'not-served'"):
+        engine.generate([GenerationRequest(prompt="hi", stage="draft")])
+
+
 def test_timeout_names_url_and_seconds(stub):
     stub.delay_s = 1.0
     engine = RemoteEngine(stub.base_url, model=BASE, timeout=0.2, max_retries=0)
