@@ -62,6 +62,8 @@ class RemoteSettings(BaseModel):
         model: The base model's served name, used by adapter-less stages. None: the first model the
             server lists under ``/models`` (vLLM lists the base first, then the LoRA modules).
         api: ``chat`` (the server applies the model's chat template) or ``completions`` (raw prompt).
+        server: ``vllm`` or ``llamacpp``: which server it is, so the repetition penalty goes only under
+            the name that server reads. None: under both (the other server ignores, or logs, the field).
         timeout: Seconds to wait for one HTTP request.
         max_retries: Retries on connection errors, timeouts, 408/409/429 and 5xx (with backoff).
         max_concurrency: Requests in flight at once when a stage runs a batch.
@@ -74,6 +76,7 @@ class RemoteSettings(BaseModel):
     api_key: str = "EMPTY"
     model: str | None = None
     api: Literal["chat", "completions"] = "chat"
+    server: Literal["vllm", "llamacpp"] | None = None
     timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     max_concurrency: int = Field(default=8, ge=1, le=256)
@@ -100,18 +103,21 @@ class RemoteSettings(BaseModel):
         return cls.model_validate(values)
 
 
-def _payload(config: GenerationConfig) -> dict[str, Any]:
+PENALTY_FIELDS = {"vllm": ("repetition_penalty",), "llamacpp": ("repeat_penalty",)}
+"""The repetition penalty's request field per server (neither is in the OpenAI API)."""
+
+
+def _payload(config: GenerationConfig, server: str | None = None) -> dict[str, Any]:
     """Request fields for a generation config.
 
     ``max_tokens`` also goes in the body as is (langchain-openai renames it ``max_completion_tokens``,
-    which older servers ignore); the penalty goes under vLLM's and llama.cpp's names (llama.cpp's own
-    default is 1.1, so 1.0 is sent too).
+    which older servers ignore). The penalty goes under the server's name for it (both names when the
+    server is not known), even at 1.0: servers have other defaults (llama-cpp-python's is 1.1, and vLLM
+    takes the model's ``generation_config.json``), and the local engine always applies the stage's.
     """
-    extra: dict[str, Any] = {
-        "max_tokens": config.max_new_tokens,
-        "repetition_penalty": config.repetition_penalty,
-        "repeat_penalty": config.repetition_penalty,
-    }
+    names = PENALTY_FIELDS.get(server or "", ("repetition_penalty", "repeat_penalty"))
+    extra: dict[str, Any] = {"max_tokens": config.max_new_tokens}
+    extra |= dict.fromkeys(names, config.repetition_penalty)
     fields: dict[str, Any] = {
         "max_tokens": config.max_new_tokens,
         "temperature": config.temperature,
@@ -304,7 +310,7 @@ class RemoteEngine:
         import openai
 
         model = self.model_name(request.adapter)
-        fields = _payload(request.config)
+        fields = _payload(request.config, self.settings.server)
         try:
             if self.settings.api == "chat":
                 message = self._llm().invoke(self._messages(request), model=model, **fields)
@@ -360,7 +366,7 @@ class RemoteEngine:
         import openai
 
         model = self.model_name(request.adapter)
-        fields = _payload(request.config)
+        fields = _payload(request.config, self.settings.server)
 
         def pieces() -> Iterator[str]:
             if self.settings.api == "chat":

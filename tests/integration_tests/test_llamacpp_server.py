@@ -70,7 +70,7 @@ def llamacpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_default_stack_runs_every_stage_on_the_llamacpp_server(llamacpp_url, tmp_path):
-    engine = RemoteEngine(llamacpp_url, timeout=300, max_retries=0)
+    engine = RemoteEngine(llamacpp_url, timeout=300, max_retries=0, server="llamacpp")
     assert engine.served_models() == [ALIAS]
     stack = FSLMChain.from_specs(
         default_stage_specs(max_new_tokens=24), backend="remote", remote=engine, include_handoffs=True

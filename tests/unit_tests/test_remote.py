@@ -88,6 +88,23 @@ def test_generate_sends_model_per_adapter_and_generation_settings(stub):
     assert first["repetition_penalty"] == 1.0 and first["repeat_penalty"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("server", "sent"),
+    [
+        ("vllm", {"repetition_penalty"}),
+        ("llamacpp", {"repeat_penalty"}),
+        (None, {"repetition_penalty", "repeat_penalty"}),
+    ],
+)
+def test_the_repetition_penalty_goes_under_the_name_the_server_reads(stub, server, sent):
+    engine = RemoteEngine(stub.base_url, model=BASE, server=server)
+    config = GenerationConfig(repetition_penalty=1.2)
+    engine.generate([GenerationRequest(prompt="hi", config=config)])
+    list(engine.stream(GenerationRequest(prompt="hi", config=config)))
+    for body in bodies(stub):
+        assert {k: body[k] for k in body if "penalty" in k} == dict.fromkeys(sent, 1.2)
+
+
 def test_base_model_name_is_discovered_from_the_server(stub):
     engine = RemoteEngine(stub.base_url)
     assert engine.served_models() == [BASE, "intent", "answer"]
