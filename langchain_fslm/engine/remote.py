@@ -153,8 +153,9 @@ class RemoteEngine:
         self.settings = settings
         self.adapter_paths: dict[str, str] = {}
         self._client: Any = None
+        self._openai_client: Any = None
         self._base_model: str | None = settings.model
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"RemoteEngine(base_url={self.settings.base_url!r}, api={self.settings.api!r})"
@@ -213,8 +214,22 @@ class RemoteEngine:
         return self._base_model
 
     # ----------------------------------------------------------------------------- server
+    def _openai(self) -> Any:
+        """The ``openai.OpenAI`` client, built once: model listing and every request share its connections."""
+        with self._lock:
+            if self._openai_client is None:
+                import openai
+
+                self._openai_client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self.settings.api_key,
+                    timeout=self.settings.timeout,
+                    max_retries=self.settings.max_retries,
+                )
+            return self._openai_client
+
     def _llm(self) -> Any:
-        """The langchain-openai model object (``ChatOpenAI`` or ``OpenAI``), built once."""
+        """The langchain-openai model object (``ChatOpenAI`` or ``OpenAI``) on :meth:`_openai`, built once."""
         with self._lock:
             if self._client is None:
                 try:
@@ -223,28 +238,26 @@ class RemoteEngine:
                     raise RemoteEngineError(
                         "The remote backend needs langchain-openai: pip install 'langchain-fslm[remote]'"
                     ) from err
-                cls = ChatOpenAI if self.settings.api == "chat" else OpenAI
-                self._client = cls(
-                    base_url=self.base_url,
-                    api_key=self.settings.api_key,  # type: ignore[arg-type]
-                    model=self.settings.model or "default",
-                    timeout=self.settings.timeout,
-                    max_retries=self.settings.max_retries,
-                )
+                root = self._openai()
+                settings: dict[str, Any] = {
+                    "base_url": self.base_url,
+                    "api_key": self.settings.api_key,
+                    "model": self.settings.model or "default",
+                    "timeout": self.settings.timeout,
+                    "max_retries": self.settings.max_retries,
+                }
+                if self.settings.api == "chat":
+                    self._client = ChatOpenAI(**settings, root_client=root, client=root.chat.completions)
+                else:
+                    self._client = OpenAI(**settings, client=root.completions)
             return self._client
 
     def served_models(self) -> list[str]:
         """Model names the server lists under ``/models`` (base model and LoRA modules)."""
         import openai
 
-        client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=self.settings.api_key,
-            timeout=self.settings.timeout,
-            max_retries=self.settings.max_retries,
-        )
         try:
-            return [m.id for m in client.models.list()]
+            return [m.id for m in self._openai().models.list()]
         except openai.NotFoundError as err:
             raise RemoteEngineError(
                 f"{self.base_url.rstrip('/')}/models answered HTTP 404: no OpenAI-compatible API there. "

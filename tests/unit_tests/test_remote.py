@@ -112,6 +112,27 @@ def test_base_model_name_is_discovered_from_the_server(stub):
     assert bodies(stub)[0]["model"] == BASE
 
 
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_one_openai_client_lists_models_and_sends_requests(stub, monkeypatch, api):
+    import openai
+
+    made = []
+
+    class Counted(openai.OpenAI):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["base_url"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(openai, "OpenAI", Counted)
+    engine = RemoteEngine(stub.base_url, api=api)
+    for _ in range(3):
+        assert engine.served_models() == [BASE, "intent", "answer"]
+    engine.generate([GenerationRequest(prompt="hi"), GenerationRequest(prompt="hi", adapter="intent")])
+    with pytest.raises(AdapterError):  # the 404 lists the models again
+        engine.generate([GenerationRequest(prompt="hi", adapter="draft")])
+    assert made == [stub.base_url]
+
+
 def test_completions_api_sends_the_raw_prompt(stub):
     engine = RemoteEngine(stub.base_url, model=BASE, api="completions")
     (gen,) = engine.generate([GenerationRequest(prompt="a b", adapter="answer", system="sys")])
