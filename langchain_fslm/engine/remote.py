@@ -61,7 +61,9 @@ class RemoteSettings(BaseModel):
         api_key: Sent as a bearer token (vLLM ``--api-key``); local servers accept any value.
         model: The base model's served name, used by adapter-less stages. None: the first model the
             server lists under ``/models`` (vLLM lists the base first, then the LoRA modules).
-        api: ``chat`` (the server applies the model's chat template) or ``completions`` (raw prompt).
+        api: ``chat`` (the server applies the model's chat template) or ``completions`` (plain text, no
+            template: the system message, a blank line, the prompt; what the local engine feeds a model
+            without a chat template, so only for such models).
         server: ``vllm`` or ``llamacpp``: which server it is, so the repetition penalty goes only under
             the name that server reads. None: under both (the other server ignores, or logs, the field).
         timeout: Seconds to wait for one HTTP request.
@@ -314,6 +316,7 @@ class RemoteEngine:
 
     # ----------------------------------------------------------------------------- generation
     def _messages(self, request: GenerationRequest) -> Any:
+        """Chat messages, or for ``completions`` the text ``LocalEngine.render`` gives without a template."""
         if self.settings.api == "completions":
             return f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
         messages = [("system", request.system)] if request.system else []

@@ -133,12 +133,20 @@ def test_one_openai_client_lists_models_and_sends_requests(stub, monkeypatch, ap
     assert made == [stub.base_url]
 
 
-def test_completions_api_sends_the_raw_prompt(stub):
+def test_completions_api_sends_the_text_the_local_engine_renders_without_a_template(stub, tiny_engine):
+    from langchain_fslm.engine.local import LocalEngine
+
     engine = RemoteEngine(stub.base_url, model=BASE, api="completions")
     (gen,) = engine.generate([GenerationRequest(prompt="a b", adapter="answer", system="sys")])
+    engine.generate([GenerationRequest(prompt="c d", adapter="answer")])
     body = bodies(stub)[0]
     assert stub.requests[0]["path"] == "/v1/completions"
     assert body["model"] == "answer" and body["prompt"] in ("sys\n\na b", ["sys\n\na b"])
+    plain = LocalEngine(
+        tiny_engine.model, tiny_engine.tokenizer, use_chat_template=False, batch_window_ms=None
+    )
+    sent = [b["prompt"][0] if isinstance(b["prompt"], list) else b["prompt"] for b in bodies(stub)]
+    assert sent == [plain.render("a b", "sys"), plain.render("c d")]
     assert gen.text.startswith("answer read 3 words") and gen.completion_tokens == 6
 
 
