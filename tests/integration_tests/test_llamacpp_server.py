@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from langchain_fslm import FSLMChain, HandoffLogger
+from langchain_fslm import FSLMChain, GenerationConfig, HandoffLogger, PromptTooLongError, StageSpec
 from langchain_fslm.engine.remote import RemoteEngine
 from langchain_fslm.models import shared_dir
 from langchain_fslm.roles import default_stage_specs
@@ -91,3 +91,13 @@ def test_default_stack_runs_every_stage_on_the_llamacpp_server(llamacpp_url, tmp
 
     pieces = list(stack.stream("Name one fruit."))
     assert len(pieces) > 1 and "".join(pieces).strip()
+
+
+def test_a_prompt_too_long_for_the_server_fails_only_its_row(llamacpp_url):
+    spec = StageSpec(name="draft", prompt="{input}", generation=GenerationConfig(max_new_tokens=4))
+    remote = {"base_url": llamacpp_url, "server": "llamacpp", "timeout": 300, "max_retries": 0}
+    stack = FSLMChain.from_specs([spec], backend="remote", remote=remote)
+    outs = stack.batch(["Hi.", "word " * 2100, "Name a fruit."], return_exceptions=True)
+    assert isinstance(outs[1], PromptTooLongError), outs[1]  # n_ctx is 2048
+    assert "Stage 'draft'" in str(outs[1]) and "maximum context length is 2048" in str(outs[1])
+    assert isinstance(outs[0], str) and isinstance(outs[2], str)
