@@ -1,0 +1,100 @@
+"""The local tasks' requests match lm-eval 0.4.13's own task definitions (its YAML, utils and prompt code).
+
+Each test rebuilds the staged items in the Hugging Face schema that lm-eval's task expects, builds the
+task from lm-eval's YAML (``!function`` utils included) over those docs, and asks it for its zero-shot
+requests; our loader must give the same ``(context, continuation)`` pairs and gold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from langchain_fslm.evaluation.tasks import benchmarks_dir, load_task
+
+pytest.importorskip("lm_eval")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def lm_eval_task(yaml: str, docs: list[dict[str, Any]]) -> Any:
+    """lm-eval's task ``tasks/<yaml>`` over in-memory ``docs`` (every split it names gets them)."""
+    import datasets
+    import lm_eval.tasks
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(Path(lm_eval.tasks.__file__).parent / yaml)
+    config.pop("tag", None)
+    splits = {config.get(k) for k in ("test_split", "validation_split", "training_split", "fewshot_split")}
+    data = datasets.DatasetDict({s: datasets.Dataset.from_list(docs) for s in splits if s})
+    config["custom_dataset"] = lambda **_: data
+    return ConfigurableTask(config=config)
+
+
+def lm_eval_requests(task: Any, doc: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """lm-eval's zero-shot log-likelihood requests of one doc."""
+    return tuple(inst.args for inst in task.construct_requests(doc, task.fewshot_context(doc, 0)))
+
+
+def staged(relative: str) -> list[dict[str, Any]]:
+    """The rows of a staged benchmark file."""
+    path = benchmarks_dir() / relative
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge"])
+def test_arc_requests_are_lm_evals(name):
+    docs = [
+        {
+            "question": r["centerpiece"],
+            "choices": {"text": r["options"], "label": list(LETTERS[: len(r["options"])])},
+            "answerKey": LETTERS[r["correct_options_idx"][0]],
+        }
+        for r in staged(f"{name}/test.jsonl")
+    ]
+    task = lm_eval_task("arc/arc_easy.yaml", docs)
+    assert task.config.num_fewshot in (None, 0)  # lm-eval's arc is zero-shot; tinyArc is 25-shot
+    for item in load_task(name):  # the seeded sample (lm-eval renders a Jinja template per call: slow)
+        doc = docs[item.index]
+        assert item.requests == lm_eval_requests(task, doc)
+        assert item.gold == task.doc_to_target(doc)
+
+
+def test_mmlu_requests_are_lm_evals_with_the_subject_header():
+    subjects = sorted(p.stem for p in (benchmarks_dir() / "mmlu" / "test").glob("*.jsonl"))
+    assert len(subjects) == 57
+    docs = [
+        (
+            subject,
+            {"question": r["centerpiece"], "choices": r["options"], "answer": r["correct_options_idx"][0]},
+        )
+        for subject in subjects
+        for r in staged(f"mmlu/test/{subject}.jsonl")
+    ]
+    items = load_task("mmlu", full=True)
+    assert len(items) == len(docs)
+    firsts = {subject: i for i, (subject, _) in reversed(list(enumerate(docs)))}
+    for index in sorted({item.index for item in load_task("mmlu")} | set(firsts.values())):
+        subject, doc = docs[index]
+        task = lm_eval_task(f"mmlu/default/mmlu_{subject}.yaml", [doc])
+        assert items[index].requests == lm_eval_requests(task, doc), subject
+        assert items[index].gold == task.doc_to_target(doc)
+
+
+def test_winogrande_requests_are_lm_evals_partial_evaluation():
+    docs = [
+        {
+            "sentence": r["centerpiece"],
+            "option1": r["options"][0],
+            "option2": r["options"][1],
+            "answer": str(r["correct_options_idx"][0] + 1),
+        }
+        for r in staged("winogrande/validation.jsonl")
+    ]
+    task = lm_eval_task("winogrande/default.yaml", docs)
+    for item, doc in zip(load_task("winogrande", full=True), docs, strict=True):
+        assert item.requests == lm_eval_requests(task, doc)
+        assert item.gold == task.doc_to_text(doc)  # lm-eval's gold for its multiple-input tasks
