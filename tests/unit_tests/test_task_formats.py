@@ -98,3 +98,22 @@ def test_winogrande_requests_are_lm_evals_partial_evaluation():
     for item, doc in zip(load_task("winogrande", full=True), docs, strict=True):
         assert item.requests == lm_eval_requests(task, doc)
         assert item.gold == task.doc_to_text(doc)  # lm-eval's gold for its multiple-input tasks
+
+
+def test_truthfulqa_mc1_requests_are_lm_evals_with_its_qa_preamble():
+    rows = staged("truthfulqa/mc1.jsonl")
+    docs = [
+        {
+            "question": r["centerpiece"],
+            "mc1_targets": {"choices": r["options"], "labels": [1] + [0] * (len(r["options"]) - 1)},
+        }
+        for r in rows
+    ]
+    task = lm_eval_task("truthfulqa/truthfulqa_mc1.yaml", docs)
+    for item in load_task("truthfulqa_mc1"):
+        doc = docs[item.index]
+        expected = dict(zip(doc["mc1_targets"]["choices"], lm_eval_requests(task, doc), strict=True))
+        # the same requests; ours are in the item's shuffled order (lm-eval keeps the gold first)
+        assert item.requests == tuple(expected[c] for c in item.choices)
+        assert item.choices[item.gold] == doc["mc1_targets"]["choices"][task.doc_to_target(doc)]
+        assert item.requests[0][0].startswith("Q: What is human life expectancy in the United States?\n")
