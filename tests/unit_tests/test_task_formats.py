@@ -117,3 +117,24 @@ def test_truthfulqa_mc1_requests_are_lm_evals_with_its_qa_preamble():
         assert item.requests == tuple(expected[c] for c in item.choices)
         assert item.choices[item.gold] == doc["mc1_targets"]["choices"][task.doc_to_target(doc)]
         assert item.requests[0][0].startswith("Q: What is human life expectancy in the United States?\n")
+
+
+def test_hellaswag_text_is_cleaned_by_lm_evals_preprocess(tmp_path):
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    wikihow = {  # a WikiHow-style row: lm-eval drops [header]/[step] markers and halves double spaces
+        "centerpiece": "[header] How to wash a car [title] Rinse the car.  [step] Use a hose",
+        "options": [" [substeps] Soap it  well.", "Dry it. [title] Wax it.", "Park it.", "Sell it."],
+        "correct_options_idx": [0],
+    }
+    staged_rows = staged("hellaswag/train_first100.jsonl")
+    (tmp_path / "hellaswag").mkdir()
+    text = "".join(json.dumps(r) + "\n" for r in [wikihow, *staged_rows])
+    (tmp_path / "hellaswag" / "train_first100.jsonl").write_text(text)
+    items = load_task("hellaswag", full=True, root=tmp_path)
+    for item, row in zip(items, [wikihow, *staged_rows], strict=True):
+        # lm-eval's query is preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()); the staged
+        # rows have only the joined ctx, so the label and the capital are missing (docs/evaluation.md)
+        context, choices = preprocess(row["centerpiece"]), [preprocess(o) for o in row["options"]]
+        assert item.requests == tuple((context, f" {c}") for c in choices)
+        assert item.choices == tuple(choices) and item.gold == row["correct_options_idx"][0]

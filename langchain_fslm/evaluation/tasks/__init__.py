@@ -197,12 +197,26 @@ def _winogrande(root: Path) -> list[Item]:
     return items
 
 
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's HellaSwag text cleaning (``tasks/hellaswag/utils.py``), quirks included.
+
+    Strips, turns WikiHow's `` [title]`` into ``". "``, drops the other ``[...]`` markers and replaces each
+    double space by one (once, so a triple space keeps two).
+    """
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
 def _hellaswag(root: Path) -> list[Item]:
     path = root / "hellaswag" / "train_first100.jsonl"
     items = []
     for i, row in enumerate(_read_jsonl(path)):
-        context = re.sub(r"\s+", " ", row["centerpiece"].replace(" [title]", ". ")).strip()
-        options = tuple(o.strip() for o in row["options"])
+        # lm-eval cleans activity_label + ": " + ctx_a + " " + ctx_b.capitalize(); the staged file has
+        # only the joined ctx (no label, no ctx_a/ctx_b split), so the label and the capital are missing
+        context = hellaswag_preprocess(row["centerpiece"])
+        options = tuple(hellaswag_preprocess(o) for o in row["options"])
         requests = tuple((context, f" {o}") for o in options)  # lm-eval: always the " " delimiter
         items.append(Item("hellaswag", i, context, options, _gold_index(row, path), requests))
     return items
@@ -327,6 +341,7 @@ __all__ = [
     "benchmarks_dir",
     "extract_number",
     "gsm8k_target",
+    "hellaswag_preprocess",
     "load_task",
     "task_spec",
 ]
