@@ -49,7 +49,9 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
 
     Multiple-choice items: ``pred`` is the choice of highest log-likelihood (``acc``), ``pred_norm`` of
     highest log-likelihood per character of the choice (``acc_norm``), as lm-eval computes them.
-    Generation items: the final number of the output must equal the target (``exact_match``).
+    Generation items: the answer read by lm-eval's gsm8k ``flexible-extract`` filter (the last number)
+    must equal the target (``exact_match``); ``pred_strict`` / ``correct_strict`` are its ``strict-match``
+    filter (the first ``#### N``).
     An item the LM scored despite an error (kept by request context in the LM's ``failures``, as
     :class:`~langchain_fslm.evaluation.lm_eval_model.FSLMLM` keeps them) gets that ``error`` too.
 
@@ -74,13 +76,15 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
         got = per_item[i]
         if item.is_generation:
             output = str(got[0])
-            answer = extract_number(output)
+            answer, strict = extract_number(output), extract_number(output, strict=True)
             records.append(
                 {
                     "index": item.index,
                     "gold": item.gold,
                     "pred": answer,
+                    "pred_strict": strict,
                     "correct": answer == item.gold,
+                    "correct_strict": strict == item.gold,
                     "output": output,
                 }
             )
@@ -122,6 +126,8 @@ def summarise(task: str, records: Sequence[dict[str, Any]], seconds: float) -> d
     }
     if spec.kind == "multiple_choice":
         metrics["acc_norm"] = sum(r["correct_norm"] for r in records) / n if n else 0.0
+    else:
+        metrics["exact_match_strict"] = sum(r["correct_strict"] for r in records) / n if n else 0.0
     hits = acc if spec.metric in ("acc", "exact_match") else sum(r["correct_norm"] for r in records)
     low, high = wilson_interval(hits, n)
     return {

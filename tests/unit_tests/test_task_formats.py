@@ -138,3 +138,69 @@ def test_hellaswag_text_is_cleaned_by_lm_evals_preprocess(tmp_path):
         context, choices = preprocess(row["centerpiece"]), [preprocess(o) for o in row["options"]]
         assert item.requests == tuple((context, f" {c}") for c in choices)
         assert item.choices == tuple(choices) and item.gold == row["correct_options_idx"][0]
+
+
+def gsm8k_task() -> tuple[Any, list[dict[str, Any]]]:
+    docs = [{"question": r["question"], "answer": r["answer"]} for r in staged("gsm8k/test.jsonl")]
+    return lm_eval_task("gsm8k/gsm8k.yaml", docs), docs
+
+
+def test_gsm8k_prompt_and_stop_strings_are_lm_evals():
+    task, docs = gsm8k_task()
+    assert task.config.num_fewshot == 5  # lm-eval's default (and tinyGSM8k's); ours is zero-shot (docs)
+    for item in load_task("gsm8k"):
+        doc = docs[item.index]
+        prompt, generation_kwargs = task.construct_requests(doc, task.fewshot_context(doc, 0)).args
+        assert (item.prompt, item.until) == (prompt, tuple(generation_kwargs["until"]))
+        assert task.process_results(doc, [item.gold])["exact_match"] == 1  # gold normalised as lm-eval
+
+
+def test_gsm8k_answer_is_read_as_lm_evals_flexible_extract_and_strict_match_filters():
+    from lm_eval.filters.extraction import RegexFilter
+
+    from langchain_fslm.evaluation.tasks import extract_number
+
+    task, docs = gsm8k_task()
+    filters = {f["name"]: f["filter"][0] for f in task.config.filter_list}
+    assert filters["flexible-extract"] == {
+        "function": "regex",
+        "group_select": -1,
+        "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)",
+    }
+    outputs = [
+        "3. The answer is: unknown",
+        "Each costs $2, so {g} in all. The answer is {g}.",
+        "The answer is {g}.\nCheck: {g} - 1 = 9",
+        "#### {g}\nThat was easy, 5 minutes.",
+        "She pays ${g},000.00 in the end",
+        "so 3 + 4 = 7. The answer is 1,234.",
+        "It is -{g}",
+        "{g}.0",
+        "I am not sure...",
+        "no number",
+        "",
+    ]
+    for item in load_task("gsm8k", full=True)[:3]:
+        doc = docs[item.index]
+        for template in outputs:
+            output = template.format(g=item.gold)
+            for name, strict in (("flexible-extract", False), ("strict-match", True)):
+                regex = RegexFilter(**{k: v for k, v in filters[name].items() if k != "function"})
+                [[filtered]] = regex.apply([[output]], [doc])
+                right = bool(task.process_results(doc, [filtered])["exact_match"])
+                assert (extract_number(output, strict=strict) == item.gold) == right, (output, name)
+
+
+def test_runner_scores_gsm8k_with_both_lm_eval_filters():
+    from langchain_fslm.evaluation.runner import score_items, summarise
+
+    class Says:
+        def generate_until(self, requests):
+            return ["#### 5\nSo 18 in all.", "3. The answer is: unknown"]
+
+    every = load_task("gsm8k", full=True)
+    items = [next(item for item in every if item.gold == gold) for gold in ("18", "3")]
+    records = score_items(Says(), items)
+    assert [(r["pred"], r["pred_strict"]) for r in records] == [("18", "5"), ("3", None)]
+    summary = summarise("gsm8k", records, 0.0)
+    assert (summary["exact_match"], summary["exact_match_strict"]) == (1.0, 0.0)

@@ -222,29 +222,43 @@ def _hellaswag(root: Path) -> list[Item]:
     return items
 
 
-GSM8K_UNTIL = ("Question:", "</s>", "<|im_end|>", "\n\n")
+GSM8K_UNTIL = ("Question:", "</s>", "<|im_end|>")
+"""Stop strings of lm-eval's gsm8k task (``generation_kwargs.until`` of ``gsm8k.yaml``)."""
+GSM8K_STRICT = r"#### (\-?[0-9\.\,]+)"
+"""lm-eval's ``strict-match`` filter: the first ``#### N``."""
+GSM8K_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+"""lm-eval's ``flexible-extract`` filter: the last number-like match."""
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+"""``regexes_to_ignore`` of lm-eval's gsm8k ``exact_match`` (applied in order, then lower-cased)."""
+
+
+def _gsm8k_normalise(text: str) -> str:
+    for pattern in GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
 
 
 def gsm8k_target(answer: str) -> str:
-    """The final number of a GSM8K rationale (after ``####``), commas removed."""
-    return answer.split("####")[-1].strip().replace(",", "")
+    """A GSM8K rationale as lm-eval's ``exact_match`` compares it: the number after ``####``."""
+    return _gsm8k_normalise(answer)
 
 
-def extract_number(text: str) -> str | None:
-    """The answer number in generated text: after ``####`` / ``answer is`` if present, else the last one."""
-    text = text.replace(",", "")
-    for marker in ("####", "answer is"):
-        if marker in text:
-            text = text.split(marker)[-1]
-            found = re.findall(r"-?\d+(?:\.\d+)?", text)
-            if found:
-                return _normalise_number(found[0])
-    found = re.findall(r"-?\d+(?:\.\d+)?", text)
-    return _normalise_number(found[-1]) if found else None
+def extract_number(text: str, strict: bool = False) -> str | None:
+    """The answer lm-eval's gsm8k reads from generated text, normalised as its ``exact_match`` compares it.
 
+    Args:
+        text: The generated text.
+        strict: ``False``: the ``flexible-extract`` filter (the last number-like match, our headline);
+            ``True``: the ``strict-match`` filter (the first ``#### N``).
 
-def _normalise_number(value: str) -> str:
-    return value[:-2] if value.endswith(".0") else value.rstrip(".")
+    Returns:
+        The answer, or ``None`` where the filter matches nothing (lm-eval's ``[invalid]``, never right).
+    """
+    found = re.findall(GSM8K_STRICT if strict else GSM8K_FLEXIBLE, text)
+    if not found:
+        return None
+    match = found[0] if strict else next(group for group in found[-1] if group)
+    return _gsm8k_normalise(match.strip())
 
 
 def _gsm8k(root: Path) -> list[Item]:
@@ -279,7 +293,14 @@ TASKS: dict[str, TaskSpec] = {
             _hellaswag,
             "only 100 TRAIN-split items are staged (no validation set)",
         ),
-        TaskSpec("gsm8k", "generate", "exact_match", 0.0, _gsm8k, "zero-shot, greedy, final-number match"),
+        TaskSpec(
+            "gsm8k",
+            "generate",
+            "exact_match",
+            0.0,
+            _gsm8k,
+            "zero-shot (lm-eval: 5-shot), greedy, lm-eval flexible-extract match",
+        ),
     )
 }
 """Every task of the suite, by name."""
