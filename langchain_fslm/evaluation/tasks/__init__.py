@@ -1,7 +1,8 @@
 """The local benchmark suite, built offline from ``../shared/data/benchmarks`` (see its README).
 
 Seven tasks, in the lm-eval style of each benchmark (same prompts and log-likelihood requests as the
-harness's zero-shot tasks, as close as the staged files allow):
+harness's zero-shot tasks, as close as the staged files allow; ``tests/unit_tests/test_task_formats.py``
+checks them against lm-eval's own task code, and ``docs/evaluation.md`` lists what still differs):
 
 * multiple choice, scored by log-likelihood: ``arc_easy``, ``arc_challenge``, ``mmlu``, ``winogrande``,
   ``truthfulqa_mc1``, ``hellaswag``;
