@@ -13,7 +13,8 @@ How a multi-stage stack answers a log-likelihood question (``scoring``):
   normal use, greedy, each distinct context once; then the last stage's prompt is filled with the question
   and their handoffs, rendered through the chat template, and the last stage (its adapter) scores each
   continuation as its reply. The choice with the highest log-likelihood wins. An upstream stage whose
-  output does not parse hands its raw text on (the item is scored, and listed in ``failures``).
+  output does not parse hands its raw text on, one whose prompt is too long an empty text (the item is
+  scored, and listed in ``failures``).
 * ``last_stage``: the last stage's adapter alone scores ``context + continuation`` as raw text, the
   standard lm-eval way, with no upstream stage and no template. The difference between the two measures
   what the upstream stages (and the stage prompt) add.
@@ -115,11 +116,11 @@ class FSLMLM(LM):  # type: ignore[misc]
         """Run every stage but the last on each distinct context (batched, cached), return the states.
 
         A stage whose output does not parse hands its raw text on, as ``on_parse_error="pass_raw"``
-        would: the item is scored as written, and the failure is logged and kept in :attr:`failures`.
-        Other errors stop the run.
+        would, and a stage whose prompt is too long hands on an empty text: the item is scored, and the
+        failure is logged and kept in :attr:`failures`. Other errors stop the run.
         """
         from langchain_fslm.chain import _initial_state
-        from langchain_fslm.errors import StageOutputError
+        from langchain_fslm.errors import PromptTooLongError, StageOutputError
         from langchain_fslm.stage import StageResult
 
         todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
@@ -132,12 +133,15 @@ class FSLMLM(LM):  # type: ignore[misc]
                 for i, row in enumerate(rows):
                     if not isinstance(row, Exception):
                         continue
-                    if not isinstance(row, StageOutputError):
+                    if isinstance(row, StageOutputError):
+                        handed_on = StageResult(stage=row.stage, raw=row.raw, parse_error=row.reason)
+                    elif isinstance(row, PromptTooLongError):
+                        handed_on = StageResult(stage=step.stage.name, raw="", parse_error=str(row))
+                    else:
                         raise row
-                    logger.warning("%s; its raw text is handed on", row)
+                    logger.warning("%s; the item is scored with %r handed on", row, handed_on.raw)
                     self.failures.setdefault(chunk[i], f"{type(row).__name__}: {row}")
-                    raw = StageResult(stage=row.stage, raw=row.raw, parse_error=row.reason)
-                    rows[i] = step._advance(states[i], raw)[0]
+                    rows[i] = step._advance(states[i], handed_on)[0]
                 states = rows
             for context, state in zip(chunk, states, strict=True):
                 self._handoff_cache[context] = state

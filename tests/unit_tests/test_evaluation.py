@@ -9,7 +9,7 @@ import pytest
 from lm_eval.api.instance import Instance
 from typer.testing import CliRunner
 
-from langchain_fslm import FSLMChain
+from langchain_fslm import FSLMChain, SLMRunnable
 from langchain_fslm.cli import app
 from langchain_fslm.evaluation import FSLMLM, LangChainLM, evaluate, load_task, wilson_interval
 from langchain_fslm.evaluation.compare import UsageCounter, parse_choice, percentile
@@ -401,3 +401,23 @@ def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
     assert state["intent"] == "" and state["_results"][0].parse_error
     assert len(set(results["items"]["arc_easy"][0]["loglikelihoods"])) > 1  # the choices were scored
     assert "| failed |" in eval_markdown({"model": {"label": "x"}, "note": "", **results})
+
+
+def test_an_upstream_prompt_too_long_is_scored_not_fatal(tiny_engine):
+    items = load_task("arc_easy", limit=2)
+    specs = [s for s in default_stage_specs(4) if s.name in ("intent", "answer")]
+    specs[1].prompt = "Request: {input}\nWhat is asked: {intent}\n\nAnswer."
+    intent = SLMRunnable.from_spec(specs[0], tiny_engine)
+    lengths = [
+        tiny_engine.count_tokens(tiny_engine.render(intent.render({"input": i.requests[0][0]})))
+        for i in items
+    ]
+    assert lengths[0] != lengths[1]
+    # a generation budget that leaves room for the shorter intent prompt only
+    budget = tiny_engine.context_length - (lengths[0] + lengths[1]) // 2
+    specs[0].generation = specs[0].generation.model_copy(update={"max_new_tokens": budget})
+    lm = FSLMLM(stack=FSLMChain.from_specs(specs, engine=tiny_engine), scoring="stack", batch_size=2)
+    records = evaluate(lm, ["arc_easy"], limit=2)["items"]["arc_easy"]  # was: PromptTooLongError
+    longer = lengths.index(max(lengths))
+    assert "PromptTooLongError" in records[longer]["error"] and "error" not in records[1 - longer]
+    assert len(set(records[longer]["loglikelihoods"])) > 1  # scored, with an empty intent handed on
