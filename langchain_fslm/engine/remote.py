@@ -309,6 +309,8 @@ class RemoteEngine:
         if isinstance(err, openai.BadRequestError) and any(
             s in err.message.lower() for s in CONTEXT_LENGTH_ERRORS
         ):
+            # no stage here: the stage adds "Stage 'x': " to this error, as to the local engine's
+            where = self._where(model)
             return PromptTooLongError(f"The server at {where} refused the prompt as too long: {err.message}")
         if isinstance(err, openai.APIStatusError):
             return RemoteEngineError(f"The server at {where} answered HTTP {err.status_code}: {err.message}")

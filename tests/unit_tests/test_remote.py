@@ -211,6 +211,7 @@ def test_a_prompt_too_long_for_the_server_fails_only_its_row(stub):
     assert outs[0] == f"{BASE} read 4 words" and outs[2:] == [f"{BASE} read {n} words" for n in (5, 6)]
     assert isinstance(outs[1], PromptTooLongError)
     assert "Stage 'intent'" in str(outs[1]) and "maximum context length is 8 tokens" in str(outs[1])
+    assert str(outs[1]).count("intent") == 1  # named once
     with pytest.raises(PromptTooLongError, match="Stage 'intent'"):
         stack.batch(["a", "a b c d e f"])
     with pytest.raises(PromptTooLongError, match="Stage 'intent'"):
