@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from langchain_fslm.cli_errors import fail, interrupted
+from langchain_fslm.files import write_text
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="YAML/TOML config file; flags override its values.")
@@ -147,7 +148,13 @@ def heldout(
     data: Annotated[
         Optional[Path], typer.Option(help="Alpaca JSON file (default: the shared alpaca_5000.json).")
     ] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model when no --stack.")] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Base model to score when no --stack; with --stack, where its base model is on this "
+            "machine (default: its manifest's)."
+        ),
+    ] = None,
     n_heldout: Annotated[
         int, typer.Option("--heldout", min=1, help="Held-out split size (as in distill).")
     ] = 200,
@@ -172,7 +179,7 @@ def heldout(
     try:
         _, rows = split_heldout(load_alpaca(data), n_heldout, seed)
         rows = rows[:limit] if limit else rows
-        chain = FSLMChain.from_pretrained(stack) if stack else base_chain(base)
+        chain = FSLMChain.from_pretrained(stack, base_model=base) if stack else base_chain(base)
         if max_new_tokens:
             for s in chain.stages:
                 chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
@@ -181,7 +188,5 @@ def heldout(
         raise fail(str(err)) from None
     text = json.dumps(result.model_dump(), indent=2)
     if out:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        write_text(out, text + "\n")
     typer.echo(text)

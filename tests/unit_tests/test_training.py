@@ -265,6 +265,20 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
     assert result.exit_code == 0, result.output
     single = FSLMChain.from_pretrained(tmp_path / "single", engine=tiny_engine)
     assert [s.name for s in single.stages] == ["answer"] and single.stages[0].prompt == "{input}"
+
+    # the stack on another machine: its manifest's base folder is not there, --base says where it is
+    manifest_file = tmp_path / "single" / "fslm_stack.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["base_model"]["source"] = str(tmp_path / "elsewhere")
+    manifest_file.write_text(json.dumps(manifest))
+    held = tmp_path / "out" / "held.json"
+    args = ["heldout", "--stack", str(tmp_path / "single"), "--data", str(data), "--heldout", "2"]
+    args += ["--limit", "1", "--max-new-tokens", "2", "--out", str(held)]
+    assert runner.invoke(app, args).exit_code == 2
+    result = runner.invoke(app, [*args, "--base", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(held.read_text()) == json.loads(result.stdout)
+
     result = runner.invoke(app, ["train", "--handoffs", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2 and "not found" in result.output
 
