@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fslm.errors import FSLMError
+from langchain_fslm.files import write_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -239,10 +240,7 @@ def _file_hash(path: Path) -> str:
         return str(known[key])
     digest = _sha256(path)
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: digest}), "utf-8")
-        os.replace(tmp, memo)
+        write_text(memo, json.dumps({**(known if isinstance(known, dict) else {}), key: digest}))
     except OSError as err:  # a read-only cache only costs speed
         logger.warning("Could not remember the hash of %s: %s", path, err)
     return digest
