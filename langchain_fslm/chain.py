@@ -11,6 +11,7 @@ dispatches an ``fslm_handoff`` event.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -322,9 +323,11 @@ class _AdapterLoads:
 
     def __init__(self, loads: list[tuple[Any, str]] | None = None) -> None:
         self.loads = loads or []  # (LocalEngine, adapter name)
+        self.lock = threading.Lock()
 
     def release(self) -> None:
-        loads, self.loads = self.loads, []  # once, whichever copy asks
+        with self.lock:  # once, whichever copy (or thread) asks
+            loads, self.loads = self.loads, []
         for engine, name in loads:
             engine.release_adapter(name)
 
