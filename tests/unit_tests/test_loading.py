@@ -315,6 +315,34 @@ def test_reloading_and_releasing_stacks_keeps_no_adapters(tiny_model_dir, tiny_a
     assert sum(p.numel() for p in engine.model.parameters()) == params
 
 
+def test_stacks_loaded_and_released_beside_a_running_stack_leave_its_answers_alone(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    engine = _fresh_engine(tiny_model_dir)
+    running = FSLMChain.from_specs(_one_stage(None), engine=engine)  # the base model: peft comes and goes
+    expected = running.invoke("hello")
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            answers.append(running.invoke("hello"))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        for i in range(4):
+            shutil.copytree(tiny_adapters["b"], tmp_path / f"run{i}" / "b")
+            stack = FSLMChain.from_specs(_one_stage("b"), engine=engine, adapter_root=tmp_path / f"run{i}")
+            stack.invoke("hello")
+            stack.release()
+    finally:
+        stop.set()
+        thread.join()
+    assert len(answers) > 4 and set(answers) == {expected}
+    assert not engine.is_peft
+
+
 def test_a_stack_that_fails_to_load_keeps_none_of_its_adapters(tiny_model_dir, tiny_adapters):
     engine = _fresh_engine(tiny_model_dir)
     specs = [*_one_stage("a"), _one_stage("missing")[0].model_copy(update={"name": "s2"})]
