@@ -87,7 +87,12 @@ def eval_command(
     stack: Annotated[
         Optional[str], typer.Option(help="Stack folder (default: the built-in four-stage stack, zero-shot).")
     ] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model of the default stack.")] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Base model of the default stack; with --stack, where its base model is on this machine."
+        ),
+    ] = None,
     tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = DEFAULT_EVAL_TASKS,
     limit: Annotated[
         Optional[int], typer.Option(min=1, help="Items per task (first N of the sample).")

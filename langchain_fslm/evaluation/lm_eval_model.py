@@ -49,11 +49,11 @@ SCORINGS: tuple[str, ...] = ("stack", "last_stage")
 
 
 def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
-    """A stack from a folder, else the default zero-shot four-stage stack on ``base``."""
+    """A stack from a folder (on ``base`` if given), else the default zero-shot stack on ``base``."""
     from langchain_fslm.chain import FSLMChain
 
     if stack:
-        return FSLMChain.from_pretrained(stack)
+        return FSLMChain.from_pretrained(stack, base_model=base)
     return FSLMChain.default(base)
 
 
@@ -64,7 +64,8 @@ class FSLMLM(LM):  # type: ignore[misc]
     Args:
         stack: A stack folder, or an :class:`~langchain_fslm.chain.FSLMChain` object. Default: the
             zero-shot four-stage stack on ``base``.
-        base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct).
+        base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct); with a
+            stack folder, where its base model is on this machine (default: its manifest's).
         scoring: ``stack`` or ``last_stage`` (see the module docs).
         batch_size: Rows per forward pass when scoring.
         max_gen_toks: Upper bound on the token budget of ``generate_until`` (requests may ask for less).

@@ -233,6 +233,25 @@ def test_evaluate_scores_items_and_cli_writes_outputs(tiny_stack_dir, tmp_path):
     assert bad.exit_code == 2 and "Unknown task" in bad.output
 
 
+def test_eval_of_a_moved_stack_takes_its_base_from_base(tiny_model_dir, tiny_stack_dir, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(tiny_stack_dir, tmp_path / "moved")
+    manifest = json.loads((moved / "fslm_stack.json").read_text())
+    manifest["base_model"]["source"] = str(tmp_path / "elsewhere")
+    (moved / "fslm_stack.json").write_text(json.dumps(manifest))
+    args = ["eval", "--tasks", "arc_easy", "--limit", "1", "--scoring", "last_stage"]
+    lost = runner.invoke(app, [*args, "--stack", str(moved), "--out", str(tmp_path / "a")])
+    assert lost.exit_code == 2 and "elsewhere" in lost.output
+    found = runner.invoke(
+        app, [*args, "--stack", str(moved), "--base", str(tiny_model_dir), "--out", str(tmp_path / "b")]
+    )
+    assert found.exit_code == 0, found.output
+    original = runner.invoke(app, [*args, "--stack", str(tiny_stack_dir), "--out", str(tmp_path / "c")])
+    scores = [json.loads((tmp_path / o / "results.json").read_text())["items"] for o in ("b", "c")]
+    assert scores[0] == scores[1] and original.exit_code == 0
+
+
 def test_compare_runs_two_models_and_writes_outputs(tiny_model_dir, tiny_stack_dir, tmp_path):
     out = tmp_path / "compare"
     result = runner.invoke(
