@@ -189,6 +189,11 @@ class LocalEngine:
 
         return isinstance(self.model, PeftModel)
 
+    @property
+    def plain_model(self) -> Any:
+        """The transformers model under peft's wrapper (the model itself while no adapter is loaded)."""
+        return self.model.get_base_model() if self.is_peft else self.model
+
     def has_adapter(self, name: str) -> bool:
         """Whether an adapter of that name is loaded."""
         return self.is_peft and name in self.model.peft_config
@@ -217,9 +222,8 @@ class LocalEngine:
                     self.adapter_users[name] = users
                     return
                 self._drop_adapter(name)  # its users now share the new weights
-            base = self.model.get_base_model() if self.is_peft else self.model
             try:
-                check_adapter(path, base)
+                check_adapter(path, self.plain_model)
             except AdapterError as err:
                 raise AdapterError(f"Adapter {name!r}: {err}") from None
             wrapped = self.is_peft
@@ -299,8 +303,7 @@ class LocalEngine:
     @property
     def _takes_position_ids(self) -> bool:
         """Whether the model's forward takes ``position_ids`` (transformers' generate asks the same)."""
-        base = self.model.get_base_model() if self.is_peft else self.model
-        return "position_ids" in inspect.signature(base.forward).parameters
+        return "position_ids" in inspect.signature(self.plain_model.forward).parameters
 
     def render(self, prompt: str, system: str | None = None) -> str:
         """The exact text the model sees for a stage prompt (chat template applied where used)."""
