@@ -30,6 +30,7 @@ from langchain_fslm.outputs import (
     Text,
     register_output_type,
 )
+from langchain_fslm.small_lm import SmallLM
 from langchain_fslm.stage import SLMRunnable, StageResult
 
 try:
@@ -59,6 +60,7 @@ __all__ = [
     "PromptTooLongError",
     "PromptTruncatedWarning",
     "SLMRunnable",
+    "SmallLM",
     "StackManifest",
     "StackOutput",
     "StageOutput",
