@@ -22,6 +22,9 @@ from langchain_fslm.engine.base import Engine, Generation, GenerationConfig, Gen
 from langchain_fslm.errors import InvalidInputError, PromptTooLongError, StageOutputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutput, StageOutputParser, output_type_by_name
+from langchain_fslm.small_lm import aiter_sync
+
+__all__ = ["SLMRunnable", "StageResult", "aiter_sync"]  # aiter_sync: re-exported for chain.py
 
 StageInput = Mapping[str, Any] | str
 """A stage reads the stack state (a mapping of field name to value) or, alone, a plain string."""
@@ -365,30 +368,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, StageResult):
         return value.text
     return str(value)
-
-
-async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
-    """Drive a blocking iterator from async code, one ``next`` per executor call.
-
-    Every ``next``, and the final ``close``, runs on the same worker thread, so a blocking generator
-    that keeps thread-bound state across yields is always resumed and closed where it started.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    loop = asyncio.get_running_loop()
-    done = object()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fslm-stream") as worker:
-        try:
-            while True:
-                item = await loop.run_in_executor(worker, next, iterator, done)
-                if item is done:
-                    return
-                yield item  # type: ignore[misc]
-        finally:
-            # A consumer that stops early (break, cancellation, client disconnect) closes the
-            # iterator here, on the thread that ran it: its ``finally`` (the engine's stream waits
-            # for its generation to end) runs now, not later on whatever thread the garbage
-            # collector uses.
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                await asyncio.shield(loop.run_in_executor(worker, close))
