@@ -8,7 +8,6 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,36 +80,12 @@ def param_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def interleaved_rounds(
-    out: dict[str, Any], variants: dict[str, Callable[[], float]], rounds: int, readings: list[float]
-) -> dict[str, list[float]]:
-    """Time close variants side by side: each round reads the bandwidth, then runs every variant once.
-
-    The order is reversed every other round, so neither side always runs first. Appends the round's
-    bandwidth reading to ``readings``, records each variant's median as ``out[f"{key}_tps"]`` and its
-    rounds as ``out[f"{key}_round_tps"]``, and returns the rounds' rates by variant.
-    """
-    from benchmarks.inference import bandwidth_gbs
-
-    rates: dict[str, list[float]] = {key: [] for key in variants}
-    for i in range(rounds):
-        readings.append(bandwidth_gbs())  # the bandwidth moves within minutes on a shared host
-        for key in list(variants) if i % 2 == 0 else list(variants)[::-1]:
-            rates[key].append(variants[key]())
-    for key, values in rates.items():
-        out[f"{key}_tps"] = statistics.median(values)
-        out[f"{key}_round_tps"] = values
-    return rates
-
-
 def bandwidth_bound(out: dict[str, Any], readings: list[float], weight_bytes: int) -> tuple[str, str, str]:
     """Record the run's bandwidth readings and the decode bound of their median in ``out``; its table row.
 
     The read bandwidth of a shared host moves within minutes, so scripts read it several times and
     take the median (``bandwidth_gbs``, ``bound_tps``: weights read once per token).
     """
-    import statistics
-
     out["bandwidth_readings_gbs"] = readings
     out["bandwidth_gbs"] = statistics.median(readings)
     out["bound_tps"] = out["bandwidth_gbs"] * 1e9 / weight_bytes

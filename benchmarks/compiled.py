@@ -9,8 +9,8 @@ median, as the bandwidth moves within minutes on a shared host) and the batch-1 
 rate of a stage on the default engine and on a second engine with ``compile_decode=True`` (after its
 first, compiling call, which is timed on its own); then interleaved rounds of the same prompts through
 four ``HuggingFacePipeline`` objects (one model copy each, adapter merged), the default stack and the
-compiled stack, with the outputs compared. Writes ``benchmarks/results/compiled.json``
-(``compiled-tokens<N>.json`` for another ``--tokens``).
+compiled stack, with the outputs compared. Writes ``benchmarks/results/compiled.json`` (the latest
+run, whatever ``--tokens``; the JSON records ``tokens_per_stage``).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> None:
             "all",
         ),
     ]
-    report("compiled" if args.tokens == 16 else f"compiled-tokens{args.tokens}", rows, out)
+    report("compiled", rows, out)
 
 
 if __name__ == "__main__":
