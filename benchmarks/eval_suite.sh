@@ -2,11 +2,14 @@
 # The 100-item suite numbers of docs/results.md: base zero-shot, single LoRA and FSLM stack, scored by
 # `fslm eval` on the six log-likelihood tasks (seeded 100-item samples, seed 1234).
 # Usage: benchmarks/eval_suite.sh [RUNS_DIR] [OUT_DIR]   (RUNS_DIR as written by train_heldout.sh)
+# RUNS_DIR: default $FSLM_RUNS, else runs/ (relative to the working directory); OUT_DIR: default
+# RUNS_DIR/suite100. Each system's results.json (every item's scores), results.md and results.png go to
+# OUT_DIR/<system>/; `python benchmarks/suite_table.py OUT_DIR` prints the table and writes OUT_DIR/table.json.
 # env: LIMIT (items per task, default: the whole 100-item sample), SYSTEMS (which runs, in order),
 #      TASKS (comma-separated, default: fslm eval's six log-likelihood tasks; e.g. TASKS=gsm8k)
 set -euo pipefail
-RUNS=${1:-/work/runs3}
-OUT=${2:-docs/eval-results/suite100}
+RUNS=${1:-${FSLM_RUNS:-runs}}
+OUT=${2:-$RUNS/suite100}
 FSLM=${FSLM:-"python -m langchain_fslm.cli"}
 SYSTEMS=${SYSTEMS:-"base-raw single-lora-chat fslm-stack base-chat fslm-stack-answer-raw single-lora-raw"}
 limit=(); [ -z "${LIMIT:-}" ] || limit=(--limit "$LIMIT")

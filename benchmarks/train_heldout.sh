@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The measured training result of docs/results.md: distil -> train stack + single LoRA -> held-out scores.
-# Usage: benchmarks/train_heldout.sh [RUNS_DIR]   (env: LIMIT, STEPS, EVAL_N, MAX_NEW)
+# Usage: benchmarks/train_heldout.sh [RUNS_DIR]   (env: LIMIT, STEPS, EVAL_N, MAX_NEW, DATA, FSLM)
+# RUNS_DIR: where the handoffs, the two stacks and the held-out scores go; default $FSLM_RUNS, else runs/
+# (relative to the working directory). Run from the repository root, with ../shared beside the checkout.
 set -euo pipefail
-RUNS=${1:-/work/runs2}
+RUNS=${1:-${FSLM_RUNS:-runs}}
 DATA=${DATA:-../shared/data/alpaca/alpaca_5000.json}
 LIMIT=${LIMIT:-120}; STEPS=${STEPS:-30}; EVAL_N=${EVAL_N:-50}; MAX_NEW=${MAX_NEW:-48}
 FSLM=${FSLM:-"python -m langchain_fslm.cli"}
