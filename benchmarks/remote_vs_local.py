@@ -1,19 +1,24 @@
 """Time the default four-stage stack on the local engine and on an OpenAI-compatible server.
 
 Start a server first, e.g. ``python -m llama_cpp.server --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8000``,
-then ``python benchmarks/remote_vs_local.py --url http://127.0.0.1:8000/v1``. Greedy decoding; each figure is
-one run (no repeats), wall-clock seconds.
+then ``HF_HUB_OFFLINE=1 python benchmarks/remote_vs_local.py --url http://127.0.0.1:8000/v1 [--skip-local]``.
+Greedy decoding; each figure is one run (no repeats), wall-clock seconds. Prints a table and writes
+``benchmarks/results/remote_vs_local.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
+from pathlib import Path
 
-from langchain_fslm import FSLMChain
-from langchain_fslm.roles import default_stage_specs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, report  # noqa: E402
+from langchain_fslm import FSLMChain  # noqa: E402
+from langchain_fslm.roles import default_stage_specs  # noqa: E402
 
 PROMPTS = ["Why is the sky blue?", "How do I boil an egg?", "What does a CPU do?"]
 
@@ -43,7 +48,9 @@ def main() -> None:
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()
     specs = default_stage_specs(args.max_new_tokens)
-    results = {
+    results: dict = {
+        "machine": machine(),
+        "url": args.url,
         "load_avg_1m": os.getloadavg()[0],
         "prompts": len(PROMPTS),
         "max_new_tokens": args.max_new_tokens,
@@ -56,7 +63,23 @@ def main() -> None:
         local = FSLMChain.from_specs(specs, include_handoffs=True)
         local.invoke("warm up")
         results["local"] = measure(local)
-    print(json.dumps(results, indent=2))
+    rows = []
+    for backend in ("remote", "local"):
+        if backend not in results:
+            continue
+        r = results[backend]
+        rows += [
+            (f"{backend}: {len(PROMPTS)} prompts one by one (s)", f"{r['sequential_s']:.2f}", ""),
+            (f"{backend}: the same as one batch (s)", f"{r['batch_s']:.2f}", ""),
+            (
+                f"{backend}: tokens generated (one by one, batch)",
+                f"{r['generated_tokens']}, {r['batch_generated_tokens']}",
+                "",
+            ),
+            (f"{backend}: batch outputs equal one-by-one", str(r["batch_equals_sequential"]), ""),
+            (f"{backend}: tokens/s one by one", f"{r['tokens_per_s_sequential']:.1f}", ""),
+        ]
+    report("remote_vs_local", rows, results)
 
 
 if __name__ == "__main__":
