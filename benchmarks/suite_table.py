@@ -1,6 +1,6 @@
 """The 100-item suite table of docs/results.md: every system side by side, with paired differences.
 
-    python benchmarks/suite_table.py docs/eval-results/suite100 [--reference base-chat]
+    python benchmarks/suite_table.py runs/suite100 [--reference base-chat]
 
 Reads ``<dir>/<system>/results.json`` (written by ``fslm eval``), prints a markdown table of each task's
 score per system (the task's own metric: acc or acc_norm), the mean over tasks, and each system's
