@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -23,7 +24,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.chain import FSLMChain, StackOutput
 from langchain_fslm.handoff import HANDOFF_EVENT
@@ -152,13 +153,21 @@ class ChatFSLM(BaseChatModel):
     structured: Any = Field(default=None, exclude=True)
     """Set by :meth:`with_structured_output`: ``(schema, parser, on_parse_error)`` for the last stage."""
 
+    _stacks: dict[tuple[Any, ...], tuple[Any, Any, FSLMChain]] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
     @property
     def _llm_type(self) -> str:
         return "fslm"
 
     @property
     def _model(self) -> str:
-        return self.model_name or self.stack.get_name()
+        """The base model the stack runs on, named as its engine names it (or ``model_name``)."""
+        if self.model_name:
+            return self.model_name
+        from langchain_fslm.small_lm import model_name_of
+
+        return model_name_of(self.stack.stages[-1].engine, None)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -237,9 +246,16 @@ class ChatFSLM(BaseChatModel):
         async for chunk in super().astream(input, config, stop=stop, **{**kwargs, _STREAM_RUN: run}):
             yield chunk
 
-    def _configured(self, stop: list[str] | None, **kwargs: Any) -> FSLMChain:
-        from langchain_fslm.structured import structured_stage
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` under the stack's own tokenizer (its last stage's engine).
 
+        LangChain's ``get_num_tokens`` and ``get_num_tokens_from_messages`` (so ``trim_messages(...,
+        token_counter=chat)``) count with it.
+        """
+        return self.stack.stages[-1].lm.get_token_ids(text)
+
+    def _configured(self, stop: list[str] | None, include_handoffs: bool = True, **kwargs: Any) -> FSLMChain:
+        """The stack this call runs: the last stage with the call's settings (cached per settings)."""
         kwargs.pop(_STREAM_RUN, None)
         n = kwargs.pop("n", 1)
         if n not in (None, 1):
@@ -250,18 +266,40 @@ class ChatFSLM(BaseChatModel):
                 f"ChatFSLM got unsupported keyword argument(s) {unknown}; per call it takes "
                 "stop, temperature, max_tokens and model."
             )
+        key = (
+            tuple(stop or ()),
+            tuple(self.stop or ()),
+            kwargs.get("temperature", self.temperature),
+            kwargs.get("max_tokens", self.max_tokens),
+            include_handoffs,
+        )
+        # a stack is an LCEL sequence built once: build each call's variant once, not per call
+        # (pydantic's model_copy shares this cache with the copy: entries remember what they came from)
+        with self._lock:
+            source, structured, stack = self._stacks.get(key, (None, None, None))
+        if stack is None or source is not self.stack or structured is not self.structured:
+            stack = self._build(key[0], *key[2:])
+            with self._lock:
+                if len(self._stacks) >= 16:
+                    self._stacks.clear()
+                self._stacks[key] = (self.stack, self.structured, stack)
+        return stack
+
+    def _build(
+        self, stop: tuple[str, ...], temperature: float | None, max_tokens: int | None, handoffs: bool
+    ) -> FSLMChain:
+        from langchain_fslm.structured import structured_stage
+
         stack = self.stack
         if self.structured is not None:
             schema, parser, on_parse_error = self.structured
             typed = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
             stack = stack.model_copy(update={"stages": [*stack.stages[:-1], typed]})
         last = stack.stages[-1].generation
-        stops = [*last.stop, *(self.stop or []), *(stop or [])]
+        stops = [*last.stop, *(self.stop or []), *stop]
         return stack.with_generation(
-            temperature=kwargs.get("temperature", self.temperature),
-            max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-            stop=list(dict.fromkeys(stops)),
-        ).model_copy(update={"include_handoffs": True})
+            temperature=temperature, max_new_tokens=max_tokens, stop=list(dict.fromkeys(stops))
+        ).with_handoffs(handoffs)
 
     def _generate(
         self,
@@ -323,7 +361,7 @@ class ChatFSLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         tally = _TokenTally()
         config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
-        for piece in self._configured(stop, **kwargs).stream(messages, config):
+        for piece in self._configured(stop, include_handoffs=False, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -339,7 +377,8 @@ class ChatFSLM(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         tally = _TokenTally()
         config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
-        async for piece in self._configured(stop, **kwargs).astream(messages, config):
+        stack = self._configured(stop, include_handoffs=False, **kwargs)
+        async for piece in stack.astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)

@@ -55,10 +55,11 @@ class Handoff(BaseModel):
 
 
 def trace_handoff(config: RunnableConfig, event: dict[str, Any]) -> None:
-    """Add a handoff to the current run's ``events`` in every tracer (LangSmith shows them on the run).
+    """Add a handoff to the stage's run's ``events`` in every tracer (LangSmith shows them on the run).
 
     Tracers ignore custom events, so without this a LangSmith trace would not show handoffs. ``config`` is
-    the config a stage step runs its body with (its callbacks' parent is the stage's run).
+    the config the handoff is dispatched with; the event goes to the nearest run up from there that is
+    named after the stage (the stage's step in the stack), else to the run itself.
     """
     from datetime import datetime, timezone
 
@@ -68,7 +69,12 @@ def trace_handoff(config: RunnableConfig, event: dict[str, Any]) -> None:
     if not isinstance(manager, BaseCallbackManager) or manager.parent_run_id is None:
         return
     for handler in manager.handlers:
-        run = handler.run_map.get(str(manager.parent_run_id)) if isinstance(handler, BaseTracer) else None
+        if not isinstance(handler, BaseTracer):
+            continue
+        run = start = handler.run_map.get(str(manager.parent_run_id))
+        while run is not None and run.name != event["from_stage"]:
+            run = handler.run_map.get(str(run.parent_run_id)) if run.parent_run_id else None
+        run = run or start
         if run is not None:
             now = datetime.now(timezone.utc).isoformat()
             run.events.append({"name": HANDOFF_EVENT, "time": now, "kwargs": event})

@@ -14,7 +14,9 @@ The engine knows nothing of LangChain; this class is the only place where messag
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -25,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest
+from langchain_fslm.errors import PromptTooLongError
 from langchain_fslm.inputs import messages_to_text
 
 _CALL_KWARGS = {"temperature": "temperature", "max_tokens": "max_new_tokens", "seed": "seed"}
@@ -135,7 +138,7 @@ class SmallLM(BaseChatModel):
             stage=self.stage,
         )
 
-    def _message(self, generation: Generation) -> AIMessage:
+    def _message(self, generation: Generation, latency_s: float) -> AIMessage:
         return AIMessage(
             content=generation.text,
             usage_metadata=usage(generation.prompt_tokens, generation.completion_tokens),
@@ -143,17 +146,28 @@ class SmallLM(BaseChatModel):
                 "model_name": self._model,
                 "model_provider": "fslm",
                 "finish_reason": generation.finish_reason,
+                "latency_s": latency_s,
             },
         )
 
-    def _last_chunk(self, request: GenerationRequest, text: str) -> ChatGenerationChunk:
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """Name this model's stage in a too-long-prompt error (a stack has several prompts)."""
+        try:
+            yield
+        except PromptTooLongError as err:
+            if self.stage is None or str(err).startswith("Stage "):
+                raise
+            raise PromptTooLongError(f"Stage {self.stage!r}: {err}") from err
+
+    def _last_chunk(self, request: GenerationRequest, text: str, latency_s: float) -> ChatGenerationChunk:
         """The closing chunk of a stream: its usage (engines' streams report no counts, so count here)."""
         prompt_tokens = self.engine.count_tokens(self.engine.render(request.prompt, request.system))
         completion_tokens = self.engine.count_tokens(text) if text else 0
         message = AIMessageChunk(
             content="",
             usage_metadata=usage(prompt_tokens, completion_tokens),
-            response_metadata={"model_name": self._model, "model_provider": "fslm"},
+            response_metadata={"model_name": self._model, "model_provider": "fslm", "latency_s": latency_s},
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message)
@@ -166,11 +180,12 @@ class SmallLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        (generation,) = self.engine.generate([self.request(messages, stop, **kwargs)])
+        start = time.perf_counter()
+        with self._named_errors():
+            (generation,) = self.engine.generate([self.request(messages, stop, **kwargs)])
+        message = self._message(generation, time.perf_counter() - start)
         info = {"finish_reason": generation.finish_reason}
-        return ChatResult(
-            generations=[ChatGeneration(message=self._message(generation), generation_info=info)]
-        )
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
     def _stream(
         self,
@@ -180,14 +195,15 @@ class SmallLM(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self.request(messages, stop, **kwargs)
-        pieces = []
-        for piece in self.engine.stream(request):
-            pieces.append(piece)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
-        yield self._last_chunk(request, "".join(pieces))
+        start, pieces = time.perf_counter(), []
+        with self._named_errors():
+            for piece in self.engine.stream(request):
+                pieces.append(piece)
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        yield self._last_chunk(request, "".join(pieces), time.perf_counter() - start)
 
     async def _astream(
         self,
@@ -197,15 +213,16 @@ class SmallLM(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self.request(messages, stop, **kwargs)
-        pieces = []
-        # the engine's stream blocks; aiter_sync drives it from one worker thread
-        async for piece in aiter_sync(self.engine.stream(request)):
-            pieces.append(piece)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                await run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
-        yield self._last_chunk(request, "".join(pieces))
+        start, pieces = time.perf_counter(), []
+        with self._named_errors():
+            # the engine's stream blocks; aiter_sync drives it from one worker thread
+            async for piece in aiter_sync(self.engine.stream(request)):
+                pieces.append(piece)
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        yield self._last_chunk(request, "".join(pieces), time.perf_counter() - start)
 
 
 async def aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:

@@ -120,30 +120,25 @@ class FSLMLM(LM):  # type: ignore[misc]
         would, and a stage whose prompt is too long hands on an empty text: the item is scored, and the
         failure is logged and kept in :attr:`failures`. Other errors stop the run.
         """
-        from langchain_fslm.chain import _initial_state
         from langchain_fslm.errors import PromptTooLongError, StageOutputError
+        from langchain_fslm.stack_steps import StageStep
         from langchain_fslm.stage import StageResult
 
+        def hand_on(step: StageStep, context: str, row: Exception) -> StageResult:
+            if isinstance(row, StageOutputError):
+                handed_on = StageResult.from_error(row)
+            elif isinstance(row, PromptTooLongError):
+                handed_on = StageResult(stage=step.stage.spec.name, raw="", parse_error=str(row))
+            else:
+                raise row
+            logger.warning("%s; the item is scored with %r handed on", row, handed_on.raw)
+            self.failures.setdefault(context, f"{type(row).__name__}: {row}")
+            return handed_on
+
         todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
-        upstream = self.chain.steps[:-1]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            states = [_initial_state(c) for c in chunk]
-            for step in upstream:
-                rows = step.batch(states, return_exceptions=True)
-                for i, row in enumerate(rows):
-                    if not isinstance(row, Exception):
-                        continue
-                    if isinstance(row, StageOutputError):
-                        handed_on = StageResult(stage=row.stage, raw=row.raw, parse_error=row.reason)
-                    elif isinstance(row, PromptTooLongError):
-                        handed_on = StageResult(stage=step.stage.name, raw="", parse_error=str(row))
-                    else:
-                        raise row
-                    logger.warning("%s; the item is scored with %r handed on", row, handed_on.raw)
-                    self.failures.setdefault(chunk[i], f"{type(row).__name__}: {row}")
-                    rows[i] = step._advance(states[i], handed_on)[0]
-                states = rows
+            states = self.chain.upstream_states(chunk, hand_on)
             for context, state in zip(chunk, states, strict=True):
                 self._handoff_cache[context] = state
         return [self._handoff_cache[c] for c in contexts]

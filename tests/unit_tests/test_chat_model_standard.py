@@ -61,6 +61,12 @@ class JsonEngine:
     def stream(self, request):
         yield from self.generate([request])[0].text
 
+    def render(self, prompt, system=None):
+        return prompt
+
+    def count_tokens(self, text):  # a scripted engine counts words
+        return len(text.split())
+
     def has_adapter(self, name):
         return False
 

@@ -251,6 +251,12 @@ class StreamingScript:
     def stream(self, request):
         yield self.text
 
+    def render(self, prompt, system=None):
+        return prompt
+
+    def count_tokens(self, text):  # a scripted engine counts words
+        return len(text.split())
+
     def has_adapter(self, name):
         return True
 
