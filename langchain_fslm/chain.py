@@ -34,15 +34,10 @@ from langchain_fslm.engine.remote import remote_engine as remote_engine_from
 from langchain_fslm.errors import ManifestError, StageOutputError
 from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff, trace_handoff
 from langchain_fslm.inputs import input_to_text
-from langchain_fslm.manifest import (
-    StackManifest,
-    StageSpec,
-    dump_manifest,
-    load_manifest,
-    write_stack_atomically,
-)
+from langchain_fslm.manifest import StackManifest, StageSpec
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.outputs import Answer, Draft, StageOutput, Text, TextStream
+from langchain_fslm.persistence import load_stack_manifest, save_stack
 from langchain_fslm.stage import SLMRunnable, StageResult, aiter_sync
 
 State = dict[str, Any]
@@ -499,7 +494,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             AdapterError: If an adapter cannot be loaded onto the base model.
         """
         folder = Path(folder).expanduser()
-        manifest = load_manifest(folder)
+        manifest = load_stack_manifest(folder)
         base = manifest.base_model
         if isinstance(base_model, str):
             base = BaseModelRef.model_validate({**base.model_dump(), "source": base_model})
@@ -550,15 +545,14 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
         Returns:
             The stack folder.
         """
-        manifest = self.to_manifest()
+        by_name = {stage.name: stage for stage in self.stages}
 
-        def fill(tmp: Path) -> None:
-            for stage in self.stages:
-                if stage.adapter:
-                    stage.engine.save_adapter(stage.adapter, tmp / "adapters" / stage.name)
-            dump_manifest(manifest, tmp)
+        def write_adapter(spec: StageSpec, target: Path) -> None:
+            stage = by_name[spec.name]
+            if stage.adapter:  # to_manifest names an adapter folder only for these stages
+                stage.engine.save_adapter(stage.adapter, target)
 
-        return write_stack_atomically(folder, fill)
+        return save_stack(folder, self.to_manifest(), write_adapter)
 
     def release(self) -> None:
         """Free the weights of the LoRA adapters this stack loaded, unless another stack uses them.

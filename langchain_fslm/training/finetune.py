@@ -25,8 +25,9 @@ from pydantic import BaseModel, Field
 from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.files import write_text
-from langchain_fslm.manifest import StackManifest, StageSpec, dump_manifest, write_stack_atomically
+from langchain_fslm.manifest import StackManifest, StageSpec
 from langchain_fslm.models import BaseModelRef
+from langchain_fslm.persistence import save_stack, stage_adapter_path
 from langchain_fslm.training.config import TrainConfig
 
 LORA_TARGETS: dict[str, list[str]] = {
@@ -334,18 +335,18 @@ def _train(
     manifest = StackManifest(
         name=name,
         base_model=BaseModelRef(source=config.base).absolute(),  # read from anywhere later
-        stages=[s.model_copy(update={"adapter": f"adapters/{s.name}"}) for s in specs],
+        stages=[s.model_copy(update={"adapter": stage_adapter_path(s.name)}) for s in specs],
         description=f"Trained by langchain-fslm from {config.handoffs}",
     )
 
-    def fill(tmp: Path) -> None:
-        for spec in specs:
-            shutil.copytree(work / "adapters" / spec.name, tmp / "adapters" / spec.name)
-        dump_manifest(manifest, tmp)
-        log = {"config": config.model_dump(mode="json"), **result.model_dump(mode="json", exclude={"stack"})}
-        (tmp / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n")
+    def copy_adapter(spec: StageSpec, target: Path) -> None:
+        # the work folder keeps its adapters (a rerun reuses finished stages), so copy, not move
+        shutil.copytree(work / "adapters" / spec.name, target)
 
-    result.stack = write_stack_atomically(config.out, fill)
+    log = {"config": config.model_dump(mode="json"), **result.model_dump(mode="json", exclude={"stack"})}
+    result.stack = save_stack(
+        config.out, manifest, copy_adapter, extra_files={TRAIN_LOG: json.dumps(log, indent=2) + "\n"}
+    )
     return result
 
 
