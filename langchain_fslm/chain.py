@@ -27,14 +27,9 @@ from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
 from langchain_fslm.engine.remote import remote_engine as remote_engine_from
 from langchain_fslm.errors import ManifestError
 from langchain_fslm.handoff import FINAL_TARGET
-from langchain_fslm.manifest import (
-    StackManifest,
-    StageSpec,
-    dump_manifest,
-    load_manifest,
-    write_stack_atomically,
-)
+from langchain_fslm.manifest import StackManifest, StageSpec
 from langchain_fslm.models import BaseModelRef
+from langchain_fslm.persistence import load_stack_manifest, save_stack
 from langchain_fslm.stack_steps import (
     RESULTS_KEY,
     StackOutput,
@@ -340,7 +335,7 @@ class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
             AdapterError: If an adapter cannot be loaded onto the base model.
         """
         folder = Path(folder).expanduser()
-        manifest = load_manifest(folder)
+        manifest = load_stack_manifest(folder)
         base = manifest.base_model
         if isinstance(base_model, str):
             base = BaseModelRef.model_validate({**base.model_dump(), "source": base_model})
@@ -391,15 +386,14 @@ class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
         Returns:
             The stack folder.
         """
-        manifest = self.to_manifest()
+        by_name = {stage.spec.name: stage for stage in self.stages}
 
-        def fill(tmp: Path) -> None:
-            for stage in self.stages:
-                if stage.adapter:
-                    stage.engine.save_adapter(stage.adapter, tmp / "adapters" / stage.name)
-            dump_manifest(manifest, tmp)
+        def write_adapter(spec: StageSpec, target: Path) -> None:
+            stage = by_name[spec.name]
+            if stage.adapter:  # to_manifest names an adapter folder only for these stages
+                stage.engine.save_adapter(stage.adapter, target)
 
-        return write_stack_atomically(folder, fill)
+        return save_stack(folder, self.to_manifest(), write_adapter)
 
     def release(self) -> None:
         """Free the weights of the LoRA adapters this stack loaded, unless another stack uses them.

@@ -6,6 +6,9 @@ target follows it and ends with the EOS token, and the loss covers the target to
 go to ``<work_dir>/<stage>/checkpoint-*``; a rerun resumes from the last one and skips finished stages.
 The result is a stack folder that :meth:`FSLMChain.from_pretrained` loads. Works under
 ``accelerate launch`` / ``torchrun`` (DDP): every rank trains, rank 0 writes.
+
+This module is the training loop; the LoRA/Trainer setup is in :mod:`.lora_setup`, resuming and the
+run fingerprint in :mod:`.checkpoints`, and the stack folder is written by :mod:`langchain_fslm.persistence`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,21 +27,18 @@ from pydantic import BaseModel, Field
 from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.files import write_text
-from langchain_fslm.manifest import StackManifest, StageSpec, dump_manifest, write_stack_atomically
+from langchain_fslm.manifest import StackManifest, StageSpec
 from langchain_fslm.models import BaseModelRef
+from langchain_fslm.persistence import save_stack, stage_adapter_path
+from langchain_fslm.training.checkpoints import check_work_dir, last_complete_checkpoint, stage_fingerprint
 from langchain_fslm.training.config import TrainConfig
-
-LORA_TARGETS: dict[str, list[str]] = {
-    "gpt_neox": ["query_key_value"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gpt2": ["c_attn"],
-    "phi3": ["qkv_proj"],
-}
-"""LoRA target modules per ``config.model_type`` (override with ``TrainConfig.target_modules``)."""
+from langchain_fslm.training.lora_setup import (
+    LORA_TARGETS,
+    encode_example,
+    lora_targets,
+    make_collator,
+    use_bf16,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,159 +70,6 @@ class TrainResult(BaseModel):
     examples: dict[str, int] = Field(default_factory=dict)
 
 
-def use_bf16(setting: bool | None = None) -> bool:
-    """Whether to train under bf16 autocast: the setting, or where the hardware runs bf16 fast."""
-    if setting is not None:
-        return setting
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def lora_targets(model: Any, override: Sequence[str] | None = None) -> list[str]:
-    """The LoRA target modules for a model: ``override``, else by architecture.
-
-    Raises:
-        InvalidInputError: For an architecture without a default (pass ``target_modules``).
-    """
-    if override:
-        return list(override)
-    model_type = getattr(model.config, "model_type", "")
-    if model_type not in LORA_TARGETS:
-        raise InvalidInputError(
-            f"no default LoRA targets for model type {model_type!r}; pass target_modules "
-            f"(known: {sorted(LORA_TARGETS)})"
-        )
-    return LORA_TARGETS[model_type]
-
-
-def encode_example(
-    engine: Any, prompt: str, target: str, max_length: int, system: str | None = None
-) -> dict[str, list[int]]:
-    """Token ids and labels of one example; labels are -100 on the prompt (loss on the target only)."""
-    tok = engine.tokenizer
-    prompt_ids = tok(engine.render(prompt, system), add_special_tokens=False)["input_ids"]
-    target_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = (prompt_ids + target_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + target_ids)[:max_length]
-    return {"input_ids": ids, "labels": labels}
-
-
-class _Collator:
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, labels, mask = [], [], []
-        for r in rows:
-            pad = width - len(r["input_ids"])
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [-100] * pad)
-            mask.append([1] * len(r["input_ids"]) + [0] * pad)
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask),
-        }
-
-
-def honours_packed_rows(model: Any) -> bool:
-    """Whether the model's attention keeps records apart when a batch is flattened into one row.
-
-    transformers' mask builder (``masking_utils.create_causal_mask``) turns position ids that restart
-    at 0 into a block-diagonal causal mask; architectures whose modelling code builds masks another
-    way would let one record attend to the previous one.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    module = sys.modules.get(type(base).__module__)
-    return module is not None and hasattr(module, "create_causal_mask")
-
-
-def make_collator(model: Any, pad_id: int, padding_free: bool) -> Any:
-    """The training collator: padding-free (one flattened row per batch) where sound, else padding.
-
-    Padding-free batches give the same loss as padded ones (no record sees another; tested) without
-    computing padding tokens. The model must run without a KV cache (``use_cache=False``), which is
-    what training does anyway.
-    """
-    from transformers import DataCollatorWithFlattening
-
-    if padding_free and honours_packed_rows(model):
-        model.config.use_cache = False
-        return DataCollatorWithFlattening()
-    if padding_free:
-        logger.warning(
-            "padding_free: %s builds its attention mask without transformers' packed-row support; "
-            "training with padded batches instead",
-            type(model).__name__,
-        )
-    return _Collator(pad_id)
-
-
-_RUN_FILE = "run.json"
-_NOT_FINGERPRINTED = frozenset({"out", "work_dir", "stages", "logging_steps", "save_steps", "max_new_tokens"})
-"""Settings that do not change what a stage's adapter learns (everything else must match to resume)."""
-
-
-def _fingerprint(config: TrainConfig, examples: list[tuple[str, str]], system: str | None) -> dict[str, Any]:
-    """What a stage's adapter depends on: the training settings and a hash of its examples."""
-    import hashlib
-
-    settings = config.model_dump(mode="json", exclude=set(_NOT_FINGERPRINTED) | {"handoffs"})
-    digest = hashlib.sha256(json.dumps([system, examples], ensure_ascii=False).encode()).hexdigest()
-    return {"settings": settings, "examples_sha256": digest}
-
-
-def _check_work_dir(stage_dir: Path, fingerprint: dict[str, Any], main: bool) -> None:
-    """Refuse to resume (or reuse) a stage trained with other settings or other examples."""
-    run_file = stage_dir / _RUN_FILE
-    if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        if old != fingerprint:
-            diff = sorted(
-                k
-                for k in set(old.get("settings", {})) | set(fingerprint["settings"])
-                if old.get("settings", {}).get(k) != fingerprint["settings"].get(k)
-            )
-            if old.get("examples_sha256") != fingerprint["examples_sha256"]:
-                diff.append("the training examples (handoffs file)")
-            raise InvalidInputError(
-                f"{stage_dir}: holds a run of this stage with other settings ({', '.join(diff)}); "
-                "delete that folder or pass another --work-dir / --out to start afresh"
-            )
-    elif main and stage_dir.is_dir() and any(stage_dir.iterdir()):
-        logger.warning("%s: a run without %s (older version?); resuming it unchecked", stage_dir, _RUN_FILE)
-    if main and not run_file.is_file():
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_file, json.dumps(fingerprint))
-
-
-def _last_complete_checkpoint(stage_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was written to the end (Trainer writes trainer_state.json last).
-
-    A kill while the Trainer saves leaves a checkpoint folder without it; resuming from that folder
-    would fail every rerun, so it is skipped (and removed).
-    """
-    if not stage_dir.is_dir():
-        return None
-    found = []
-    for path in stage_dir.glob("checkpoint-*"):
-        step = path.name.rpartition("-")[2]
-        if path.is_dir() and step.isdigit():
-            found.append((int(step), path))
-    for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-        logger.warning("%s was not written completely (killed while saving?); removing it", path)
-        shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
 def _train_adapter(
     stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
 ) -> tuple[list[float], float, bool]:
@@ -239,7 +85,8 @@ def _train_adapter(
     final = work / "adapters" / stage
     log_file = stage_dir / "loss.json"
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    _check_work_dir(stage_dir, _fingerprint(config, examples, system), int(os.environ.get("RANK", "0")) == 0)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    check_work_dir(stage_dir, stage_fingerprint(config, examples, system), main_rank)
     if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
         done = json.loads(log_file.read_text())
         return done["losses"], float(done.get("wall_s", 0.0)), True
@@ -299,7 +146,7 @@ def _train_adapter(
         train_dataset=data,  # type: ignore[arg-type]
         data_collator=make_collator(engine.model, engine.tokenizer.pad_token_id, config.padding_free),
     )
-    last = _last_complete_checkpoint(stage_dir)
+    last = last_complete_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - start
@@ -334,18 +181,18 @@ def _train(
     manifest = StackManifest(
         name=name,
         base_model=BaseModelRef(source=config.base).absolute(),  # read from anywhere later
-        stages=[s.model_copy(update={"adapter": f"adapters/{s.name}"}) for s in specs],
+        stages=[s.model_copy(update={"adapter": stage_adapter_path(s.name)}) for s in specs],
         description=f"Trained by langchain-fslm from {config.handoffs}",
     )
 
-    def fill(tmp: Path) -> None:
-        for spec in specs:
-            shutil.copytree(work / "adapters" / spec.name, tmp / "adapters" / spec.name)
-        dump_manifest(manifest, tmp)
-        log = {"config": config.model_dump(mode="json"), **result.model_dump(mode="json", exclude={"stack"})}
-        (tmp / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n")
+    def copy_adapter(spec: StageSpec, target: Path) -> None:
+        # the work folder keeps its adapters (a rerun reuses finished stages), so copy, not move
+        shutil.copytree(work / "adapters" / spec.name, target)
 
-    result.stack = write_stack_atomically(config.out, fill)
+    log = {"config": config.model_dump(mode="json"), **result.model_dump(mode="json", exclude={"stack"})}
+    result.stack = save_stack(
+        config.out, manifest, copy_adapter, extra_files={TRAIN_LOG: json.dumps(log, indent=2) + "\n"}
+    )
     return result
 
 
@@ -416,3 +263,14 @@ def train_single_lora(config: TrainConfig, progress: bool = True) -> TrainResult
     records = _records(config)
     examples = {"answer": [(r["input"], r["reference"]) for r in records]}
     return _train([SINGLE_STAGE], examples, config, "single-lora", progress)
+
+
+__all__ = [
+    "LORA_TARGETS",  # re-exported: imported from here before the LoRA setup had its own module
+    "SINGLE_STAGE",
+    "TRAIN_LOG",
+    "TrainResult",
+    "train_single_lora",
+    "train_stack",
+    "use_bf16",  # re-exported for the same reason (benchmarks/common.py)
+]

@@ -14,6 +14,7 @@ import pytest
 from langchain_fslm import FSLMChain, GenerationConfig, ManifestError, StageSpec, models
 from langchain_fslm.engine.base import GenerationRequest
 from langchain_fslm.errors import AdapterError, FSLMError
+from langchain_fslm.models import gguf_cache
 
 # ----------------------------------------------------------------------------- GGUF cache
 
@@ -65,7 +66,7 @@ def test_gguf_cache_holds_fp32_whatever_dtype_came_first(fake_gguf, tiny_model_d
 def test_gguf_cache_that_is_broken_is_rebuilt_not_raised(fake_gguf, caplog):
     gguf, conversions = fake_gguf
     models.load_base_model(str(gguf))
-    cached = models._gguf_cache_folder(models._file_hash(gguf))
+    cached = gguf_cache._gguf_cache_folder(gguf_cache._file_hash(gguf))
     os.truncate(cached / "model.safetensors", 1000)
     with caplog.at_level(logging.INFO, logger="langchain_fslm.models"):
         models.load_base_model(str(gguf))
@@ -84,7 +85,7 @@ def test_gguf_cache_that_is_broken_is_rebuilt_not_raised(fake_gguf, caplog):
 def test_gguf_cache_from_before_the_marker_is_converted_again(fake_gguf):
     gguf, conversions = fake_gguf
     models.load_base_model(str(gguf))
-    cached = models._gguf_cache_folder(models._file_hash(gguf))
+    cached = gguf_cache._gguf_cache_folder(gguf_cache._file_hash(gguf))
     (cached / "fslm_cache.json").unlink()  # e.g. written in bf16 by an older version
     models.load_base_model(str(gguf))
     assert len(conversions) == 2 and (cached / "fslm_cache.json").is_file()
@@ -92,7 +93,7 @@ def test_gguf_cache_from_before_the_marker_is_converted_again(fake_gguf):
 
 def test_killed_conversions_leave_no_temporary_folder_behind(fake_gguf):
     gguf, _ = fake_gguf
-    cached = models._gguf_cache_folder(models._file_hash(gguf))
+    cached = gguf_cache._gguf_cache_folder(gguf_cache._file_hash(gguf))
     leftover = cached.parent / f".tmp-{cached.name}-deadbeef"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half")
@@ -123,10 +124,10 @@ def test_file_hash_memo_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path, monke
     f = tmp_path / "m.gguf"
     f.write_bytes(b"A" * 100)
     st = f.stat()
-    first = models._file_hash(f)
+    first = gguf_cache._file_hash(f)
     f.write_bytes(b"B" * 100)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r / cp -p / rsync -t
-    assert models._file_hash(f) == models._sha256(f) != first
+    assert gguf_cache._file_hash(f) == gguf_cache._sha256(f) != first
 
 
 # ----------------------------------------------------------------------------- references and errors

@@ -386,7 +386,7 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from langchain_fslm.training.finetune import _Collator, encode_example, make_collator
+    from langchain_fslm.training.lora_setup import PaddingCollator, encode_example, make_collator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # its own copy: use_cache changes
     rows = [
@@ -395,11 +395,11 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, 
     ]
     pad_id = tiny_engine.tokenizer.pad_token_id
     flat = make_collator(model, pad_id, padding_free=True)
-    assert not isinstance(flat, _Collator) and model.config.use_cache is False
+    assert not isinstance(flat, PaddingCollator) and model.config.use_cache is False
     flat_batch = flat(rows)
     assert flat_batch["input_ids"].shape[0] == 1  # one row, no padding
     with torch.no_grad():
-        padded_loss = model(**_Collator(pad_id)(rows)).loss
+        padded_loss = model(**PaddingCollator(pad_id)(rows)).loss
         flat_loss = model(**flat_batch).loss
     assert torch.allclose(padded_loss, flat_loss, atol=1e-5)
     with torch.no_grad():  # without position ids restarting, records would see each other
@@ -410,30 +410,35 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, tiny_engine, 
         config = model.config
 
     with caplog.at_level("WARNING"):
-        assert isinstance(make_collator(OtherModel(), pad_id, padding_free=True), _Collator)
+        assert isinstance(make_collator(OtherModel(), pad_id, padding_free=True), PaddingCollator)
     assert "padded batches instead" in caplog.text
-    assert isinstance(make_collator(model, pad_id, padding_free=False), _Collator)
+    assert isinstance(make_collator(model, pad_id, padding_free=False), PaddingCollator)
 
 
 def test_resume_skips_a_checkpoint_killed_while_saving_and_refuses_changed_settings(tmp_path):
-    from langchain_fslm.training.finetune import _check_work_dir, _fingerprint, _last_complete_checkpoint
+    from langchain_fslm.training.checkpoints import (
+        check_work_dir,
+        last_complete_checkpoint,
+        stage_fingerprint,
+    )
 
     stage = tmp_path / "intent"
     (stage / "checkpoint-4").mkdir(parents=True)
     (stage / "checkpoint-4" / "trainer_state.json").write_text("{}")
     (stage / "checkpoint-8").mkdir()  # killed after the adapter, before trainer_state.json
     (stage / "checkpoint-8" / "adapter_model.safetensors").write_bytes(b"x")
-    assert _last_complete_checkpoint(stage) == str(stage / "checkpoint-4")
+    assert last_complete_checkpoint(stage) == str(stage / "checkpoint-4")
     assert not (stage / "checkpoint-8").exists()
 
     pairs = [("p", "t")]
     config = TrainConfig(handoffs=tmp_path / "h.jsonl", lora_r=4)
-    _check_work_dir(stage, _fingerprint(config, pairs, None), main=True)
-    _check_work_dir(stage, _fingerprint(config, pairs, None), main=True)  # same run: fine
+    check_work_dir(stage, stage_fingerprint(config, pairs, None), main=True)
+    check_work_dir(stage, stage_fingerprint(config, pairs, None), main=True)  # same run: fine
     with pytest.raises(InvalidInputError, match="lora_r"):
-        _check_work_dir(stage, _fingerprint(config.model_copy(update={"lora_r": 8}), pairs, None), main=True)
+        changed = config.model_copy(update={"lora_r": 8})
+        check_work_dir(stage, stage_fingerprint(changed, pairs, None), main=True)
     with pytest.raises(InvalidInputError, match="training examples"):
-        _check_work_dir(stage, _fingerprint(config, [("p", "other")], None), main=True)
+        check_work_dir(stage, stage_fingerprint(config, [("p", "other")], None), main=True)
 
 
 def test_bad_handoffs_and_config_sections_are_named(tmp_path):
