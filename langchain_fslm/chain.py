@@ -474,7 +474,7 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
                 adapter=f"{adapter_dir}/{s.name}" if s.adapter else None,
                 generation=s.generation,
                 system=s.system,
-                backend=kind_of(s.engine),
+                backend="remote" if kind_of(s.engine) == "remote" else "local",  # the manifest's kinds
                 parse_retries=s.parse_retries,
                 on_parse_error=s.on_parse_error,  # type: ignore[arg-type]
             )

@@ -5,11 +5,11 @@ Engines know nothing about LangChain: they take plain prompts and return plain t
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,7 +97,20 @@ _DUCK_METHODS = ("generate", "stream", "has_adapter")
 """The methods an object needs to pass ``isinstance(obj, Engine)`` without subclassing it."""
 
 
-class Engine(ABC):
+class _EngineMeta(ABCMeta):
+    """ABCMeta that also accepts instances answering the duck methods (through ``__getattr__`` too).
+
+    The former ``runtime_checkable`` Protocol looked the methods up on the instance, so wrappers that
+    forward attributes to an inner engine passed; ``__subclasshook__`` alone sees only the class.
+    """
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if super().__instancecheck__(instance):
+            return True
+        return cls is Engine and all(callable(getattr(instance, m, None)) for m in _DUCK_METHODS)
+
+
+class Engine(metaclass=_EngineMeta):
     """Where text is generated. Implementations must be safe to call from several threads.
 
     Subclasses implement generation, prompt rendering and token counting, and the adapter registry;

@@ -139,7 +139,16 @@ def test_a_duck_typed_engine_is_an_engine_without_the_extras():
         def generate(self, requests):
             return []
 
+    class Wrapper:  # forwards everything to an inner engine, as the evaluation tests' wrapper does
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
     assert isinstance(Duck(), Engine) and not isinstance(NotOne(), Engine)
+    assert issubclass(Duck, Engine) and isinstance(Wrapper(Duck()), Engine)
+    assert not isinstance(Wrapper(NotOne()), Engine)
     assert kind_of(Duck()) == "local" and capabilities_of(Duck()) == EngineCapabilities()
     with pytest.raises(TypeError):
         Engine()  # type: ignore[abstract]
