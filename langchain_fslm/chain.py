@@ -355,7 +355,8 @@ class FSLMChain(RunnableSerializable[LanguageModelInput, Any]):
             base_model: Base model reference (default: the embedded SmolLM2-135M-Instruct).
             engine: An engine to use instead of loading ``base_model`` (shared if already loaded).
             adapter_root: Folder that the specs' adapter paths are relative to.
-            backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``.
+            backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``. The
+                engine of each kind comes from :func:`langchain_fslm.engine.registry.create_engine`.
             remote: The OpenAI-compatible server remote stages call: a :class:`RemoteEngine`,
                 :class:`RemoteSettings`, a settings mapping (``{"base_url": ..., "api_key": ...}``) or a
                 base URL; None: ``FSLM_REMOTE_BASE_URL``. Remote stages ask for the model named after
