@@ -11,8 +11,6 @@ The stack *is* an LCEL sequence, built once when the stack is made (see
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +21,10 @@ from langchain_core.runnables.base import RunnableBindingBase
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.base import Engine
+from langchain_fslm.engine.registry import AdapterLoads as _AdapterLoads
+from langchain_fslm.engine.registry import adapter_name as _adapter_name  # noqa: F401 - kept importable
+from langchain_fslm.engine.registry import assemble_stages, kind_of
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
-from langchain_fslm.engine.remote import remote_engine as remote_engine_from
 from langchain_fslm.errors import ManifestError
 from langchain_fslm.handoff import FINAL_TARGET
 from langchain_fslm.manifest import StackManifest, StageSpec
@@ -45,38 +45,6 @@ from langchain_fslm.stage_parser import StageResult
 __all__ = ["RESULTS_KEY", "FSLMChain", "StackOutput", "StageStep", "State"]
 
 _FIELDS = ("stages", "base_model", "include_handoffs", "adapter_sources", "description", "name")
-
-
-def _adapter_name(stage: str, path: str | Path) -> str:
-    """A unique engine-wide adapter name, so stacks sharing a base never overwrite each other's.
-
-    The name covers the folder and the identity of its files (inode, size, mtime, ctime), so an
-    adapter saved again over the same folder (``save_pretrained`` or ``fslm train`` over an existing
-    stack) is loaded anew instead of reusing the weights loaded from the old files.
-    """
-    folder = Path(path).expanduser().resolve()
-    digest = hashlib.sha256(str(folder).encode())
-    for file in ("adapter_config.json", "adapter_model.safetensors"):
-        try:
-            st = (folder / file).stat()
-        except OSError:  # missing files are reported by the adapter check
-            continue
-        digest.update(f"|{file}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
-    return f"{stage}-{digest.hexdigest()[:10]}"
-
-
-class _AdapterLoads:
-    """The local adapters one :meth:`FSLMChain.from_specs` call loaded; copies of the stack share it."""
-
-    def __init__(self, loads: list[tuple[Any, str]] | None = None) -> None:
-        self.loads = loads or []  # (LocalEngine, adapter name)
-        self.lock = threading.Lock()
-
-    def release(self) -> None:
-        with self.lock:  # once, whichever copy (or thread) asks
-            loads, self.loads = self.loads, []
-        for engine, name in loads:
-            engine.release_adapter(name)
 
 
 class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
@@ -223,7 +191,8 @@ class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
             base_model: Base model reference (default: the embedded SmolLM2-135M-Instruct).
             engine: An engine to use instead of loading ``base_model`` (shared if already loaded).
             adapter_root: Folder that the specs' adapter paths are relative to.
-            backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``.
+            backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``. The
+                engine of each kind comes from :func:`langchain_fslm.engine.registry.create_engine`.
             remote: The OpenAI-compatible server remote stages call: a :class:`RemoteEngine`,
                 :class:`RemoteSettings`, a settings mapping (``{"base_url": ..., "api_key": ...}``) or a
                 base URL; None: ``FSLM_REMOTE_BASE_URL``. Remote stages ask for the model named after
@@ -240,46 +209,21 @@ class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
         Raises:
             ValueError: If ``compile_decode`` is asked of a stack without a local engine.
         """
-        from langchain_fslm.engine.local import LocalEngine, get_engine
-
-        ref = BaseModelRef(source=base_model) if isinstance(base_model, str) else base_model
-        kinds = [backend or spec.backend for spec in specs]
-        remote_engine = remote_engine_from(remote) if "remote" in kinds else None
-        if "local" not in kinds:
-            ref = ref or BaseModelRef()  # kept for the manifest; no local model is loaded
-        elif engine is None:
-            ref = ref or BaseModelRef()
-            engine = get_engine(ref)
-        elif ref is None and isinstance(engine, LocalEngine):
-            ref = engine.base_ref
-        if compile_decode:
-            if "local" not in kinds or not isinstance(engine, LocalEngine):
-                raise ValueError(
-                    "compile_decode=True compiles the decoding of local stages on a LocalEngine; "
-                    f"this stack has {'no local stages' if 'local' not in kinds else type(engine).__name__}"
-                )
-            engine.enable_compile_decode()
-        stages, sources, loads = [], {}, _AdapterLoads()
-        try:
-            for spec, kind in zip(specs, kinds, strict=True):
-                stage_engine = remote_engine if kind == "remote" else engine
-                adapter = None
-                if spec.adapter is not None:
-                    folder = Path(adapter_root or ".") / spec.adapter
-                    remote_stage = isinstance(stage_engine, RemoteEngine)
-                    adapter = spec.name if remote_stage else _adapter_name(spec.name, folder)
-                    # an adapter already loaded from that folder only counts one more user;
-                    # a remote engine refuses a second, different adapter under one name
-                    stage_engine.load_adapter(adapter, folder)  # type: ignore[union-attr]
-                    if isinstance(stage_engine, LocalEngine):
-                        loads.loads.append((stage_engine, adapter))
-                    sources[spec.name] = str(folder)
-                stages.append(SLMRunnable.from_spec(spec, stage_engine, adapter))  # type: ignore[arg-type]
-            chain = cls(stages=stages, base_model=ref, adapter_sources=sources, **kwargs)
-        except BaseException:
-            loads.release()  # a failed load keeps none of the adapters it loaded before failing
-            raise
-        chain._adapters = loads
+        assembly = assemble_stages(
+            specs,
+            base_model=base_model,
+            engine=engine,
+            adapter_root=adapter_root,
+            backend=backend,
+            remote=remote,
+            compile_decode=compile_decode,
+        )
+        with assembly.loads.released_on_error():  # a stack that fails to build keeps no adapter
+            stages = [SLMRunnable.from_spec(s.spec, s.engine, s.adapter) for s in assembly.stages]
+            chain = cls(
+                stages=stages, base_model=assembly.base_model, adapter_sources=assembly.sources, **kwargs
+            )
+        chain._adapters = assembly.loads
         return chain
 
     @classmethod
@@ -360,16 +304,12 @@ class FSLMChain(RunnableBindingBase[LanguageModelInput, Any]):
     def to_manifest(self, adapter_dir: str = "adapters") -> StackManifest:
         """This stack's manifest (adapters at ``adapter_dir/<stage>``)."""
         specs = [
-            StageSpec(
-                name=s.name,
-                prompt=s.prompt,
-                output_type=s.output_type.type_name,
-                adapter=f"{adapter_dir}/{s.name}" if s.adapter else None,
-                generation=s.generation,
-                system=s.system,
-                backend="remote" if isinstance(s.engine, RemoteEngine) else "local",
-                parse_retries=s.parse_retries,
-                on_parse_error=s.on_parse_error,  # type: ignore[arg-type]
+            s.spec.model_copy(
+                update={
+                    "output_type": s.output_type.type_name,
+                    "adapter": f"{adapter_dir}/{s.spec.name}" if s.adapter else None,
+                    "backend": "remote" if kind_of(s.engine) == "remote" else "local",
+                }
             )
             for s in self.stages
         ]

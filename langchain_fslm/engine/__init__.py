@@ -1,7 +1,17 @@
-"""Where text is generated: one interface; local (transformers + peft) and remote (OpenAI-compatible)."""
+"""Where text is generated: one contract (an ABC), a registry of engine kinds, and two engines.
 
-from langchain_fslm.engine.base import Engine, Generation, GenerationConfig, GenerationRequest
+The local engine runs transformers + peft in this process; the remote one calls an OpenAI-compatible server.
+"""
+
+from langchain_fslm.engine.base import (
+    Engine,
+    EngineCapabilities,
+    Generation,
+    GenerationConfig,
+    GenerationRequest,
+)
 from langchain_fslm.engine.local import LocalEngine, get_engine
+from langchain_fslm.engine.registry import capabilities_of, create_engine, kind_of, register_engine
 from langchain_fslm.engine.remote import (
     RemoteEngine,
     RemoteEngineError,
@@ -11,6 +21,7 @@ from langchain_fslm.engine.remote import (
 
 __all__ = [
     "Engine",
+    "EngineCapabilities",
     "Generation",
     "GenerationConfig",
     "GenerationRequest",
@@ -19,5 +30,9 @@ __all__ = [
     "RemoteEngineError",
     "RemoteSettings",
     "ServerUnreachableError",
+    "capabilities_of",
+    "create_engine",
     "get_engine",
+    "kind_of",
+    "register_engine",
 ]

@@ -1,14 +1,22 @@
-"""The one small interface every generation engine satisfies (local transformers, remote servers).
+"""The contract every generation engine implements (local transformers, remote servers).
 
 Engines know nothing about LangChain: they take plain prompts and return plain text with token counts.
 """
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_fslm.errors import FSLMError
+
+if TYPE_CHECKING:
+    from langchain_fslm.models import BaseModelRef
 
 
 class GenerationConfig(BaseModel):
@@ -66,21 +74,160 @@ class Generation(BaseModel):
     finish_reason: str = "length"
 
 
-@runtime_checkable
-class Engine(Protocol):
-    """Where text is generated. Implementations must be safe to call from several threads."""
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do beyond generating text, so callers ask instead of testing its class.
 
+    Attributes:
+        loglikelihood: :meth:`Engine.loglikelihood` scores continuations (lm-eval, held-out scoring).
+        local_adapters: Adapters are weights held in this process, shared by every stack on the engine
+            and freed by :meth:`Engine.release_adapter` (a server loads its own copies instead).
+        token_counts_exact: :meth:`Engine.count_tokens` and :meth:`Engine.token_ids` use the model's
+            own tokenizer (else they are an estimate).
+        compile_decode: :meth:`Engine.enable_compile_decode` is available.
+    """
+
+    loglikelihood: bool = False
+    local_adapters: bool = False
+    token_counts_exact: bool = False
+    compile_decode: bool = False
+
+
+_DUCK_METHODS = ("generate", "stream", "has_adapter")
+"""The methods an object needs to pass ``isinstance(obj, Engine)`` without subclassing it."""
+
+
+class _EngineMeta(ABCMeta):
+    """ABCMeta that also accepts instances answering the duck methods (through ``__getattr__`` too).
+
+    The former ``runtime_checkable`` Protocol looked the methods up on the instance, so wrappers that
+    forward attributes to an inner engine passed; ``__subclasshook__`` alone sees only the class.
+    """
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if super().__instancecheck__(instance):
+            return True
+        return cls is Engine and all(callable(getattr(instance, m, None)) for m in _DUCK_METHODS)
+
+
+class Engine(metaclass=_EngineMeta):
+    """Where text is generated. Implementations must be safe to call from several threads.
+
+    Subclasses implement generation, prompt rendering and token counting, and the adapter registry;
+    the scoring and compilation extras default to "unsupported" and are announced by
+    :meth:`capabilities`. An object with ``generate``, ``stream`` and ``has_adapter`` also counts as an
+    engine for ``isinstance`` (test doubles, wrappers); code that needs more than those three asks
+    :func:`langchain_fslm.engine.registry.capabilities_of` rather than the object itself.
+
+    Attributes:
+        kind: ``"local"`` (runs in this process) or ``"remote"`` (calls a server); what a stack's
+            manifest records as the stage ``backend``.
+        base_ref: The base model the engine runs, where it knows it (None otherwise).
+    """
+
+    kind: ClassVar[str] = "local"
+    base_ref: BaseModelRef | None = None
+
+    @classmethod
+    def __subclasshook__(cls, other: type) -> bool:
+        # Duck typing keeps the small fakes of the test-suite (and user wrappers) working as before,
+        # when Engine was a runtime-checkable Protocol of these three methods.
+        if cls is Engine and all(any(m in vars(k) for k in other.__mro__) for m in _DUCK_METHODS):
+            return True
+        return NotImplemented
+
+    # ----------------------------------------------------------------------------- generation
+    @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Complete every request (batched where the engine can), in order."""
-        ...
 
+    @abstractmethod
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Yield the completion of one request as text pieces."""
-        ...
+        """Yield the completion of one request as text pieces (they join to what generate returns)."""
 
+    # ----------------------------------------------------------------------------- prompts and tokens
+    @abstractmethod
+    def render(self, prompt: str, system: str | None = None) -> str:
+        """The text the model sees for a stage prompt and optional system message."""
+
+    @abstractmethod
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text``; equals ``len(self.token_ids(text))``."""
+
+    # ----------------------------------------------------------------------------- adapters
+    @abstractmethod
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Make the LoRA adapter saved at ``path`` usable under ``name``; each load is one user.
+
+        Raises:
+            AdapterError: If the adapter is missing, broken or does not fit.
+        """
+
+    @abstractmethod
+    def release_adapter(self, name: str) -> None:
+        """Give back one :meth:`load_adapter` of ``name``; the last one forgets it.
+
+        Raises:
+            AdapterError: If no adapter of that name is loaded.
+        """
+
+    @abstractmethod
+    def save_adapter(self, name: str, folder: str | Path) -> None:
+        """Write a loaded adapter to ``folder`` in peft format.
+
+        Raises:
+            AdapterError: If no adapter of that name is loaded.
+        """
+
+    @abstractmethod
     def has_adapter(self, name: str) -> bool:
         """Whether an adapter of that name is loaded."""
-        ...
+
+    # ----------------------------------------------------------------------------- extras
+    def capabilities(self) -> EngineCapabilities:
+        """What this engine supports beyond generation (default: none of the extras)."""
+        return EngineCapabilities()
+
+    def model_name(self, adapter: str | None) -> str:
+        """The model's name for traces and usage: the base model's source, plus the adapter."""
+        base = self.base_ref.source if self.base_ref is not None else type(self).__name__
+        return f"{base}+{adapter}" if adapter else str(base)
+
+    def loglikelihood(
+        self, pairs: Sequence[tuple[str, str]], adapter: str | None = None, batch_size: int = 8
+    ) -> list[tuple[float, bool, int]]:
+        """Log-probability of each continuation given its context.
+
+        Args:
+            pairs: ``(context, continuation)`` texts.
+            adapter: Adapter to score with, or None for the base model.
+            batch_size: Rows per forward pass.
+
+        Returns:
+            Per pair: summed log-probability, whether the continuation is the greedy one, and its
+            number of tokens.
+
+        Raises:
+            FSLMError: If the engine cannot score (see ``capabilities().loglikelihood``).
+        """
+        raise FSLMError(
+            f"{type(self).__name__} cannot score log-likelihoods; use a local engine (transformers)."
+        )
+
+    def enable_compile_decode(self) -> None:
+        """Turn compiled decoding on, where the engine has it (see ``capabilities().compile_decode``).
+
+        Raises:
+            ValueError: If the engine has no compiled decoding.
+        """
+        raise ValueError(
+            f"compile_decode=True compiles the decoding of local stages on a LocalEngine; "
+            f"{type(self).__name__} has no compiled decoding."
+        )
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

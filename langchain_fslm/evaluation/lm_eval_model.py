@@ -34,6 +34,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from langchain_fslm.engine.registry import capabilities_of
 from langchain_fslm.errors import FSLMError
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class FSLMLM(LM):  # type: ignore[misc]
         self.max_gen_toks = int(max_gen_toks)
         last = self.chain.stages[-1]
         self.engine: LocalEngine = last.engine
-        if not hasattr(self.engine, "loglikelihood"):
+        if not capabilities_of(self.engine).loglikelihood:
             raise FSLMError(
                 "Log-likelihood scoring needs a local engine (transformers); this stack has none."
             )

@@ -1,0 +1,123 @@
+"""Prompt fitting for :class:`~langchain_fslm.engine.local.LocalEngine`: what the model sees, in tokens.
+
+A stage prompt is rendered (through the chat template where the model has one), counted, and refused
+with :class:`PromptTooLongError` when it leaves no room for the generation, or, with
+``GenerationConfig(on_too_long="truncate_left")``, cut from the left with a :class:`PromptTruncatedWarning`.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+from langchain_fslm.engine.base import GenerationRequest
+from langchain_fslm.errors import PromptTooLongError, PromptTruncatedWarning
+
+
+class PromptFit:
+    """Render, tokenise and fit prompts to the context window of one model.
+
+    A mixin of :class:`~langchain_fslm.engine.local.LocalEngine`, which sets the attributes below.
+
+    Attributes:
+        model: The causal LM (its config gives the context length).
+        tokenizer: Its tokenizer.
+        tokenizer_lock: Serialises tokenizer calls (a fast tokenizer is not re-entrant).
+        use_chat_template: Wrap prompts in the tokenizer's chat template.
+    """
+
+    model: Any
+    tokenizer: Any
+    tokenizer_lock: threading.RLock
+    use_chat_template: bool
+
+    @property
+    def context_length(self) -> int:
+        """Maximum number of tokens (prompt + generation) the model accepts."""
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int):
+                return value
+        return 2048
+
+    def render(self, prompt: str, system: str | None = None) -> str:
+        """The exact text the model sees for a stage prompt (chat template applied where used)."""
+        if not self.use_chat_template:
+            return f"{system}\n\n{prompt}" if system else prompt
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(rendered)
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added); safe to call from several threads."""
+        # Same padding setting as batch encoding (a no-op for one text): a fast tokenizer whose
+        # settings change while another thread uses it fails with "Already borrowed". Not verbose: a
+        # text longer than the model takes is ours to report (PromptTooLongError), not transformers'.
+        with self.tokenizer_lock:
+            encoded = self.tokenizer(text, add_special_tokens=False, padding=True, verbose=False)
+        ids: list[int] = encoded["input_ids"]
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (no special tokens added)."""
+        return len(self.token_ids(text))
+
+    def fit(self, request: GenerationRequest) -> str:
+        """The rendered prompt of a request, made to fit the context window per its policy.
+
+        Args:
+            request: The request; ``request.config.on_too_long`` is ``"raise"`` (default) or
+                ``"truncate_left"`` (drop the oldest prompt tokens, warn: :class:`PromptTruncatedWarning`).
+
+        Returns:
+            The exact text the model will see.
+
+        Raises:
+            PromptTooLongError: If the prompt does not fit and may not be cut, or cannot be cut enough.
+        """
+        config = request.config
+        text = self.render(request.prompt, request.system)
+        budget = self.context_length - config.max_new_tokens
+        n = self.count_tokens(text)
+        if n <= budget:
+            return text
+        where = f"The prompt has {n} tokens; with max_new_tokens={config.max_new_tokens} the model accepts"
+        limit = f"at most {budget} (context length {self.context_length})"
+        if config.on_too_long == "raise":
+            raise PromptTooLongError(
+                f"{where} {limit}. Shorten the input, lower max_new_tokens, or set "
+                "on_too_long='truncate_left'."
+            )
+        ids = self.token_ids(request.prompt)
+        keep = budget - (n - len(ids))  # room left once the template and system message are in
+        while keep > 0:
+            with self.tokenizer_lock:
+                kept = str(self.tokenizer.decode(ids[-keep:]))
+            text = self.render(kept, request.system)
+            fitted = self.count_tokens(text)
+            if fitted <= budget:
+                warnings.warn(
+                    f"Prompt truncated from the left: {n} -> {fitted} tokens, to fit {limit} with "
+                    f"max_new_tokens={config.max_new_tokens}.",
+                    PromptTruncatedWarning,
+                    stacklevel=2,
+                )
+                return text
+            keep -= fitted - budget
+        raise PromptTooLongError(f"{where} {limit}, and the system message and template alone do not fit.")
+
+    def _encode(self, texts: list[str], max_new_tokens: int) -> Any:
+        with self.tokenizer_lock:
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        budget = self.context_length - max_new_tokens
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        for i, n in enumerate(lengths):
+            if n > budget:
+                raise PromptTooLongError(
+                    f"Prompt {i} has {n} tokens; with max_new_tokens={max_new_tokens} the model "
+                    f"accepts at most {budget} (context length {self.context_length})."
+                )
+        return encoded
