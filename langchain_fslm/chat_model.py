@@ -2,115 +2,33 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
-from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
-    BaseCallbackHandler,
-    CallbackManager,
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.chain import FSLMChain, StackOutput
-from langchain_fslm.handoff import HANDOFF_EVENT
-
-
-class _TokenTally(BaseCallbackHandler):
-    """Sums the token counts of a stack's handoff events (the usage of a streamed reply)."""
-
-    def __init__(self) -> None:
-        self.input_tokens = 0
-        self.output_tokens = 0
-
-    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """Add one handoff's tokens."""
-        if name == HANDOFF_EVENT:
-            self.input_tokens += int(data["prompt_tokens"])
-            self.output_tokens += int(data["completion_tokens"])
-
-    def usage(self) -> UsageMetadata:
-        """The totals as LangChain usage metadata."""
-        total = self.input_tokens + self.output_tokens
-        return UsageMetadata(
-            input_tokens=self.input_tokens, output_tokens=self.output_tokens, total_tokens=total
-        )
-
-
-_STREAM_RUN = "fslm_stream_run"
-"""Keyword that carries a streamed call's :class:`_StreamRun` from ``stream``/``astream`` to ``_stream``."""
-
-
-@dataclass
-class _StreamRun:
-    """The callbacks and run id of a streamed chat-model call, known before LangChain starts the run.
-
-    langchain-core calls ``_stream`` without the run's manager; ``stream``/``astream`` configure the
-    callbacks themselves (so both sides share the same handler objects, tracers included) and fix the
-    run id, so the stack's runs can still be made children of the chat-model run.
-    """
-
-    manager: CallbackManager | AsyncCallbackManager
-    run_id: UUID
-
-    @property
-    def inheritable_handlers(self) -> list[BaseCallbackHandler]:  # noqa: D102
-        return self.manager.inheritable_handlers
-
-    @property
-    def inheritable_tags(self) -> list[str]:  # noqa: D102
-        return self.manager.inheritable_tags
-
-    @property
-    def inheritable_metadata(self) -> dict[str, Any]:  # noqa: D102
-        return self.manager.inheritable_metadata
-
-
-def _child_config(run_manager: Any, extra: list[BaseCallbackHandler] | None = None) -> RunnableConfig:
-    """Config whose callbacks make the stack's runs children of this chat-model run or :class:`_StreamRun`."""
-    if run_manager is None:
-        return RunnableConfig(callbacks=list(extra or []))
-    is_async = isinstance(run_manager, AsyncCallbackManagerForLLMRun) or isinstance(
-        getattr(run_manager, "manager", None), AsyncCallbackManager
-    )
-    manager_cls = AsyncCallbackManager if is_async else CallbackManager
-    manager = manager_cls(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    for handler in extra or []:
-        manager.add_handler(handler, inherit=True)
-    return RunnableConfig(callbacks=manager)
-
-
-def _usage(output: StackOutput) -> UsageMetadata:
-    usage = output.usage
-    return UsageMetadata(
-        input_tokens=usage["input_tokens"],
-        output_tokens=usage["output_tokens"],
-        total_tokens=usage["total_tokens"],
-    )
-
-
-_CALL_KWARGS = frozenset(
-    {"temperature", "max_tokens", "model"}
-    | {"stream", "ls_structured_output_format", "structured_output_format"}
+from langchain_fslm.chat_runs import (
+    STREAM_RUN,
+    CallStacks,
+    StreamRun,
+    TokenTally,
+    call_settings,
+    child_config,
+    last_chunk,
+    reply_result,
+    start_stream_run,
 )
-"""Keyword arguments ChatFSLM accepts per call (LangChain itself passes the last three)."""
 
 
 class ChatFSLM(BaseChatModel):
@@ -153,8 +71,7 @@ class ChatFSLM(BaseChatModel):
     structured: Any = Field(default=None, exclude=True)
     """Set by :meth:`with_structured_output`: ``(schema, parser, on_parse_error)`` for the last stage."""
 
-    _stacks: dict[tuple[Any, ...], tuple[Any, Any, FSLMChain]] = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _stacks: CallStacks = PrivateAttr(default_factory=CallStacks)
 
     @property
     def _llm_type(self) -> str:
@@ -195,7 +112,7 @@ class ChatFSLM(BaseChatModel):
         return params
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        kwargs.pop(_STREAM_RUN, None)  # an internal handle, not a model parameter (kept out of traces)
+        kwargs.pop(STREAM_RUN, None)  # an internal handle, not a model parameter (kept out of traces)
         return super()._get_invocation_params(stop=stop, **kwargs)
 
     def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
@@ -205,21 +122,9 @@ class ChatFSLM(BaseChatModel):
             return False
         return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
 
-    def _stream_run(self, config: RunnableConfig | None, is_async: bool) -> tuple[RunnableConfig, _StreamRun]:
-        """The config to start a streamed call with, and its :class:`_StreamRun` (see there)."""
-        config = ensure_config(config)
-        configure = AsyncCallbackManager.configure if is_async else CallbackManager.configure
-        manager = configure(
-            config.get("callbacks"),
-            self.callbacks,
-            self.verbose,
-            config.get("tags"),
-            self.tags,
-            config.get("metadata"),
-            self.metadata,
-        )
-        run_id = config.get("run_id") or uuid4()
-        return {**config, "callbacks": manager, "run_id": run_id}, _StreamRun(manager, run_id)
+    def _stream_run(self, config: RunnableConfig | None, is_async: bool) -> tuple[RunnableConfig, StreamRun]:
+        """The config to start a streamed call with, and its :class:`StreamRun` (see there)."""
+        return start_stream_run(self, config, is_async)
 
     def stream(
         self,
@@ -231,7 +136,7 @@ class ChatFSLM(BaseChatModel):
     ) -> Iterator[AIMessageChunk]:
         """Stream the reply; the stack's stage runs and handoff events reach the call's callbacks."""
         config, run = self._stream_run(config, is_async=False)
-        yield from super().stream(input, config, stop=stop, **{**kwargs, _STREAM_RUN: run})
+        yield from super().stream(input, config, stop=stop, **{**kwargs, STREAM_RUN: run})
 
     async def astream(
         self,
@@ -243,7 +148,7 @@ class ChatFSLM(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         """Async :meth:`stream`."""
         config, run = self._stream_run(config, is_async=True)
-        async for chunk in super().astream(input, config, stop=stop, **{**kwargs, _STREAM_RUN: run}):
+        async for chunk in super().astream(input, config, stop=stop, **{**kwargs, STREAM_RUN: run}):
             yield chunk
 
     def get_token_ids(self, text: str) -> list[int]:
@@ -255,51 +160,9 @@ class ChatFSLM(BaseChatModel):
         return self.stack.stages[-1].lm.get_token_ids(text)
 
     def _configured(self, stop: list[str] | None, include_handoffs: bool = True, **kwargs: Any) -> FSLMChain:
-        """The stack this call runs: the last stage with the call's settings (cached per settings)."""
-        kwargs.pop(_STREAM_RUN, None)
-        n = kwargs.pop("n", 1)
-        if n not in (None, 1):
-            raise ValueError(f"ChatFSLM returns one reply per call; n={n!r} is not supported (use batch()).")
-        unknown = sorted(set(kwargs) - _CALL_KWARGS)
-        if unknown:
-            raise TypeError(
-                f"ChatFSLM got unsupported keyword argument(s) {unknown}; per call it takes "
-                "stop, temperature, max_tokens and model."
-            )
-        key = (
-            tuple(stop or ()),
-            tuple(self.stop or ()),
-            kwargs.get("temperature", self.temperature),
-            kwargs.get("max_tokens", self.max_tokens),
-            include_handoffs,
-        )
-        # a stack is an LCEL sequence built once: build each call's variant once, not per call
-        # (pydantic's model_copy shares this cache with the copy: entries remember what they came from)
-        with self._lock:
-            source, structured, stack = self._stacks.get(key, (None, None, None))
-        if stack is None or source is not self.stack or structured is not self.structured:
-            stack = self._build(key[0], *key[2:])
-            with self._lock:
-                if len(self._stacks) >= 16:
-                    self._stacks.clear()
-                self._stacks[key] = (self.stack, self.structured, stack)
-        return stack
-
-    def _build(
-        self, stop: tuple[str, ...], temperature: float | None, max_tokens: int | None, handoffs: bool
-    ) -> FSLMChain:
-        from langchain_fslm.structured import structured_stage
-
-        stack = self.stack
-        if self.structured is not None:
-            schema, parser, on_parse_error = self.structured
-            typed = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
-            stack = stack.model_copy(update={"stages": [*stack.stages[:-1], typed]})
-        last = stack.stages[-1].generation
-        stops = [*last.stop, *(self.stop or []), *stop]
-        return stack.with_generation(
-            temperature=temperature, max_new_tokens=max_tokens, stop=list(dict.fromkeys(stops))
-        ).with_handoffs(handoffs)
+        """The stack this call runs: the last stage with the call's settings (built once per settings)."""
+        settings = call_settings(self, stop, include_handoffs, kwargs)
+        return self._stacks.get(self.stack, self.structured, settings)
 
     def _generate(
         self,
@@ -310,9 +173,9 @@ class ChatFSLM(BaseChatModel):
     ) -> ChatResult:
         if super()._should_stream(async_api=False, run_manager=run_manager, **kwargs):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        config = _child_config(run_manager)
+        config = child_config(run_manager)
         output: StackOutput = self._configured(stop, **kwargs).invoke(messages, config)
-        return self._result(output)
+        return reply_result(output, self._model)
 
     async def _agenerate(
         self,
@@ -323,34 +186,9 @@ class ChatFSLM(BaseChatModel):
     ) -> ChatResult:
         if super()._should_stream(async_api=True, run_manager=run_manager, **kwargs):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        config = _child_config(run_manager)
+        config = child_config(run_manager)
         output: StackOutput = await self._configured(stop, **kwargs).ainvoke(messages, config)
-        return self._result(output)
-
-    def _result(self, output: StackOutput) -> ChatResult:
-        last = output.results[-1]
-        message = AIMessage(
-            content=output.output,
-            usage_metadata=_usage(output),
-            response_metadata={
-                "model_name": self._model,
-                "model_provider": "fslm",
-                "stages": list(output.stages),
-            },
-        )
-        info = {"finish_reason": "stop", "attempts": last.attempts}
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
-
-    def _last_chunk(self, tally: _TokenTally) -> ChatGenerationChunk:
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=tally.usage(),
-                response_metadata={"model_name": self._model, "model_provider": "fslm"},
-                chunk_position="last",
-            ),
-            generation_info={"finish_reason": "stop"},
-        )
+        return reply_result(output, self._model)
 
     def _stream(
         self,
@@ -359,14 +197,14 @@ class ChatFSLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        tally = _TokenTally()
-        config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
+        tally = TokenTally()
+        config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
         for piece in self._configured(stop, include_handoffs=False, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield self._last_chunk(tally)
+        yield last_chunk(tally, self._model)
 
     async def _astream(
         self,
@@ -375,15 +213,15 @@ class ChatFSLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        tally = _TokenTally()
-        config = _child_config(run_manager or kwargs.get(_STREAM_RUN), [tally])
+        tally = TokenTally()
+        config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
         stack = self._configured(stop, include_handoffs=False, **kwargs)
         async for piece in stack.astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield self._last_chunk(tally)
+        yield last_chunk(tally, self._model)
 
     def bind_tools(
         self,
@@ -431,21 +269,8 @@ class ChatFSLM(BaseChatModel):
         Raises:
             ValueError: For unknown arguments, methods or schemas.
         """
-        from langchain_fslm.structured import schema_parser
+        from langchain_fslm.structured import structured_chat
 
         if kwargs:
             raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
-        parser = schema_parser(schema, method)
-        on_parse_error = "pass_raw" if include_raw else "raise"
-        llm = self.model_copy(update={"structured": (schema, parser, on_parse_error)}).bind(
-            ls_structured_output_format={
-                "kwargs": {"method": method or "json_schema", "strict": strict},
-                "schema": convert_to_json_schema(schema) if schema is not None else None,
-            }
-        )
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
-        failed = RunnablePassthrough.assign(parsed=lambda _: None)
-        with_fallback = parsed.with_fallbacks([failed], exception_key="parsing_error")
-        return RunnableMap(raw=llm) | with_fallback
+        return structured_chat(self, schema, include_raw=include_raw, method=method, strict=strict)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from langchain_fslm.errors import ManifestError
 from langchain_fslm.manifest import (
@@ -28,6 +29,10 @@ from langchain_fslm.manifest import (
     load_manifest,
     write_stack_atomically,
 )
+from langchain_fslm.models import BaseModelRef
+
+if TYPE_CHECKING:
+    from langchain_fslm.chain import FSLMChain
 
 ADAPTERS_DIR = "adapters"
 """The folder of a stack that holds one adapter folder per stage."""
@@ -119,3 +124,49 @@ def _check_extra_name(name: str, adapters: list[str]) -> None:
 
 
 __all__ = ["ADAPTERS_DIR", "WriteAdapter", "load_stack_manifest", "save_stack", "stage_adapter_path"]
+
+
+def base_model_for(
+    manifest: StackManifest, folder: Path, base_model: BaseModelRef | str | None, trust_remote_code: bool
+) -> BaseModelRef:
+    """The base model a saved stack loads on: the manifest's, or ``base_model`` instead.
+
+    A str replaces only the manifest's source (its dtype and revision stay).
+
+    Raises:
+        ManifestError: If the base model would run code from its repository and that was not allowed.
+    """
+    base = manifest.base_model
+    if isinstance(base_model, str):
+        base = BaseModelRef.model_validate({**base.model_dump(), "source": base_model})
+    elif base_model is not None:
+        base = base_model
+    if base.trust_remote_code and not trust_remote_code:
+        raise ManifestError(
+            f"{Path(folder) / MANIFEST_FILE}: base_model.trust_remote_code is true; loading it "
+            "would run code from the model repository. Pass trust_remote_code=True (fslm run: "
+            "--trust-remote-code) if you trust it."
+        )
+    return base
+
+
+def stack_manifest(stack: FSLMChain, adapter_dir: str = ADAPTERS_DIR) -> StackManifest:
+    """The manifest of a stack: each stage's spec, its adapter at ``adapter_dir/<stage>``, its engine kind."""
+    from langchain_fslm.engine.registry import kind_of
+
+    specs = [
+        s.spec.model_copy(
+            update={
+                "output_type": s.output_type.type_name,
+                "adapter": f"{adapter_dir}/{s.spec.name}" if s.adapter else None,
+                "backend": "remote" if kind_of(s.engine) == "remote" else "local",
+            }
+        )
+        for s in stack.stages
+    ]
+    return StackManifest(
+        name=stack.name or "fslm-stack",
+        base_model=(stack.base_model or BaseModelRef()).absolute(),
+        stages=specs,
+        description=stack.description,
+    )

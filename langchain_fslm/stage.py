@@ -216,6 +216,8 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
         if attempt > 0:
             options["temperature"] = self.generation.temperature or RETRY_TEMPERATURE
             options["seed"] = (self.generation.seed or 0) + attempt
+        if self.engine is None:  # a stage used only for its prompt (training renders them)
+            return RunnableLambda(lambda _: self.lm, name="generate")
         lm, prompt = self.lm, self.chat_prompt
         built = prompt | (lm.bind(**options) if options else lm)
 

@@ -9,10 +9,12 @@ for as JSON and parsed by LangChain's JSON / pydantic output parsers.
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, PydanticOutputParser
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
@@ -157,3 +159,27 @@ def structured_stage(
         parse_retries=stage.parse_retries,
         on_parse_error=on_parse_error,
     )
+
+
+def structured_chat(
+    chat: Any, schema: Any, *, include_raw: bool, method: str | None, strict: bool | None
+) -> Runnable[Any, Any]:
+    """``ChatFSLM.with_structured_output``: the chat with its last stage typed as ``schema``, then its parser.
+
+    With ``include_raw`` the reply comes as ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+    (a reply that does not parse is handed on raw, ``parsed=None``), as LangChain's chat models do.
+    """
+    parser = schema_parser(schema, method)
+    on_parse_error = "pass_raw" if include_raw else "raise"
+    llm = chat.model_copy(update={"structured": (schema, parser, on_parse_error)}).bind(
+        ls_structured_output_format={
+            "kwargs": {"method": method or "json_schema", "strict": strict},
+            "schema": convert_to_json_schema(schema) if schema is not None else None,
+        }
+    )
+    if not include_raw:
+        return llm | parser
+    parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+    failed = RunnablePassthrough.assign(parsed=lambda _: None)
+    with_fallback = parsed.with_fallbacks([failed], exception_key="parsing_error")
+    return RunnableMap(raw=llm) | with_fallback

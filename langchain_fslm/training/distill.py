@@ -131,7 +131,7 @@ def distill(
             )
             for s in specs
         ]
-    runnables = [SLMRunnable.from_spec(s, engine=None) for s in specs]  # type: ignore[arg-type]
+    runnables = [SLMRunnable.from_spec(s, engine=None) for s in specs]  # prompts only: no engine
     parsers = [StageOutputParser(output_type=output_type_by_name(s.output_type)) for s in specs]
     resolved = resolve_teacher(teacher)
     out = Path(out)

@@ -98,6 +98,23 @@ def test_trace_has_chain_run_stage_runs_and_handoffs(langsmith_stub, tiny_engine
     to_stages = {r["name"]: e["kwargs"]["to_stage"] for r in stage_runs for e in r["events"] if "kwargs" in e}
     assert to_stages == {"intent": "key_points", "key_points": "draft", "draft": "answer", "answer": "output"}
 
+    # each stage's generation is one LLM run under the stage's run, with its prompt, completion, usage
+    def descendants(run_id: str) -> list[dict]:
+        kids = [r for r in runs.values() if r.get("parent_run_id") == run_id]
+        return kids + [d for k in kids for d in descendants(k["id"])]
+
+    for run in stage_runs:
+        llm_runs = [r for r in descendants(run["id"]) if r.get("run_type") == "llm"]
+        assert len(llm_runs) == 1, run["name"]
+        (llm,) = llm_runs
+        handoff = next(e["kwargs"] for e in run["events"] if e["name"] == "fslm_handoff")
+        message = llm["outputs"]["generations"][0][0]["message"]["kwargs"]
+        assert message["usage_metadata"]["output_tokens"] == handoff["completion_tokens"]
+        assert message["usage_metadata"]["input_tokens"] == handoff["prompt_tokens"] > 0
+        assert message["content"] == handoff["raw"]
+        assert "Why is the sky blue?" in json.dumps(llm["inputs"])
+        assert llm["extra"]["metadata"]["ls_model_name"] == str(tiny_engine.base_ref.source)
+
 
 def test_streamed_chat_reply_is_one_trace_with_the_stage_runs(langsmith_stub, tiny_engine):
     """ChatFSLM.stream, traced from the environment alone: the stack's runs sit under the chat run."""
