@@ -134,6 +134,17 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
         """A copy that returns a :class:`StackOutput` (every stage's result) instead of a str."""
         return self.model_copy(update={"include_handoffs": include})
 
+    def with_stage(self, stage: str, **updates: Any) -> FSLMChain:
+        """A copy whose stage uses updated spec fields (``prompt``, ``system``, ``generation``, ...).
+
+        Example: ``stack.with_stage("intent", parse_retries=3, on_parse_error="pass_raw")``.
+        """
+        names = [s.spec.name for s in self.stages]
+        if stage not in names:
+            raise ValueError(f"{self.get_name()} has no stage {stage!r}; its stages are {names}")
+        stages = [s.model_copy(update=updates) if s.spec.name == stage else s for s in self.stages]
+        return self.model_copy(update={"stages": stages})
+
     def with_generation(self, stage: str | None = None, **updates: Any) -> FSLMChain:
         """A copy whose stage (default: the last) uses updated generation settings.
 

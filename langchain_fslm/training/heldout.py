@@ -63,7 +63,7 @@ def evaluate_chain(
     from tqdm.auto import tqdm
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    chain = chain.model_copy(update={"include_handoffs": True})
+    chain = chain.with_handoffs()
     last = chain.stages[-1]
     engine = last.engine
     rouge: list[float] = []
