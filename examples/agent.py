@@ -27,7 +27,7 @@ def build_graph(max_new_tokens: int = 64, max_attempts: int = 2) -> Any:
 
     def stack_node(state: State) -> State:
         budget = state.get("budget", max_new_tokens)
-        stack = FSLMChain.default(max_new_tokens=budget).model_copy(update={"include_handoffs": True})
+        stack = FSLMChain.default(max_new_tokens=budget).with_handoffs()
         out: StackOutput = stack.invoke(state["question"])
         return {
             "answer": out.output,

@@ -33,7 +33,7 @@ from langchain_fslm.stack_steps import (
     run_upstream,
     stack_output,
 )
-from langchain_fslm.stage import SLMRunnable
+from langchain_fslm.stage import BATCH_CONCURRENCY, SLMRunnable
 from langchain_fslm.stage_parser import StageResult
 
 __all__ = ["RESULTS_KEY", "FSLMChain", "StackOutput", "StageStep", "State"]
@@ -86,6 +86,8 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
             stages=list(stages),
             include_handoffs=include_handoffs,
             custom_output_type=StackOutput if include_handoffs else str,
+            # every row of a batch in flight at once, so each stage's rows share forward passes
+            config={"max_concurrency": BATCH_CONCURRENCY},
             **fields,
         )
         self.bound = self._sequence()

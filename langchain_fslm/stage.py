@@ -44,6 +44,10 @@ STOP_KEY = "_stop"
 FAILED_KEY = "_failed"
 """Input field where LCEL fallbacks put the previous attempt's :class:`StageOutputError`."""
 
+BATCH_CONCURRENCY = 32
+"""Rows ``batch`` runs at once (LangChain runs them in threads; the local engine's micro-batcher merges
+their requests into one forward pass of up to this many rows). A call's ``max_concurrency`` overrides it."""
+
 _SPEC_FIELDS = ("name", "prompt", "generation", "system", "parse_retries", "on_parse_error", "backend")
 
 
@@ -94,6 +98,8 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
             engine=engine,
             adapter=adapter,
             name=spec.name,
+            # LangChain's default (cores + 4 threads) would split a batch into rounds of a few rows
+            config={"max_concurrency": BATCH_CONCURRENCY},
         )
         self.bound = self.pipeline()
 

@@ -193,7 +193,7 @@ def test_stack_invoke_returns_str_and_logs_handoffs(stack, tmp_path):
 
 
 def test_include_handoffs_returns_every_stage(stack):
-    out = stack.model_copy(update={"include_handoffs": True}).invoke("Name three colours.")
+    out = stack.with_handoffs().invoke("Name three colours.")
     assert isinstance(out, StackOutput)
     assert list(out.stages) == ["intent", "key_points", "draft", "answer"]
     assert isinstance(out.stages["key_points"], KeyPoints | str)
@@ -212,7 +212,7 @@ def test_handoffs_reach_the_next_prompt(tiny_engine):
 
     counting.generate = spy
     stack = FSLMChain.from_specs(tiny_specs(), engine=counting)
-    out = stack.model_copy(update={"include_handoffs": True}).invoke("Hello there")
+    out = stack.with_handoffs().invoke("Hello there")
     assert out.results[0].text in seen[1]  # intent text is inside the key_points prompt
 
 
