@@ -192,39 +192,53 @@ class StageParser(BaseTransformOutputParser[Any]):
             return TextStream()
         return _RawStream()
 
-    def _finish(self, pieces: list[str], reply: AIMessageChunk | None) -> StageResult:
-        raw = "".join(pieces)
-        try:
-            return self.settle(raw, reply)
-        except Unparsed as err:  # streamed text is final: no retries
-            if self.on_parse_error == "raise":
-                raise err.plain() from err.__cause__
-            return StageResult.from_error(err)
-
     def _transform(self, input: Iterator[str | BaseMessage]) -> Iterator[Any]:
-        cleaner, pieces, reply = self._cleaner(), [], None
+        stream = _ReplyStream(self)
         for chunk in input:
-            piece, reply = _piece(chunk, reply)
-            pieces.append(piece)
-            if text := cleaner.feed(piece):
+            if text := stream.feed(chunk):
                 yield text
-        if tail := cleaner.finish():
-            yield tail
-        result = self._finish(pieces, reply)
-        if self.emit_result:
-            yield result
+        yield from stream.end()
 
     async def _atransform(self, input: AsyncIterator[str | BaseMessage]) -> AsyncIterator[Any]:
-        cleaner, pieces, reply = self._cleaner(), [], None
+        stream = _ReplyStream(self)
         async for chunk in input:
-            piece, reply = _piece(chunk, reply)
-            pieces.append(piece)
-            if text := cleaner.feed(piece):
+            if text := stream.feed(chunk):
                 yield text
-        if tail := cleaner.finish():
+        for item in stream.end():
+            yield item
+
+
+class _ReplyStream:
+    """A streamed reply going through a :class:`StageParser`: text out as it comes, the result at the end."""
+
+    def __init__(self, parser: StageParser) -> None:
+        self.parser = parser
+        self.cleaner = parser._cleaner()
+        self.pieces: list[str] = []
+        self.reply: AIMessageChunk | None = None  # the chunks so far (the last one carries the usage)
+
+    def feed(self, chunk: str | BaseMessage) -> str:
+        """The text to pass on for one chunk (may be empty)."""
+        piece, self.reply = _piece(chunk, self.reply)
+        self.pieces.append(piece)
+        return self.cleaner.feed(piece)
+
+    def end(self) -> Iterator[Any]:
+        """What follows the last chunk: held-back text, then the result if the parser emits it.
+
+        Raises:
+            StageOutputError: If the text does not parse and the policy is ``raise`` (a streamed text
+                is final: no retries).
+        """
+        if tail := self.cleaner.finish():
             yield tail
-        result = self._finish(pieces, reply)
-        if self.emit_result:
+        try:
+            result = self.parser.settle("".join(self.pieces), self.reply)
+        except Unparsed as err:
+            if self.parser.on_parse_error == "raise":
+                raise err.plain() from err.__cause__
+            result = StageResult.from_error(err)
+        if self.parser.emit_result:
             yield result
 
 
