@@ -29,6 +29,7 @@ from langchain_fslm.chat_runs import (
     reply_result,
     start_stream_run,
 )
+from langchain_fslm.engine.base import StopSequences, check_stops
 
 
 class ChatFSLM(BaseChatModel):
@@ -63,7 +64,7 @@ class ChatFSLM(BaseChatModel):
     # the bounds of GenerationConfig, checked here so a bad value fails when the model is built
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    stop: StopSequences | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
     max_retries: int | None = None
     streaming: bool = False
@@ -106,7 +107,7 @@ class ChatFSLM(BaseChatModel):
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             params["ls_max_tokens"] = max_tokens
-        stops = [*(self.stop or []), *(stop or [])]
+        stops = [*(self.stop or []), *check_stops(stop)]
         if stops:
             params["ls_stop"] = stops
         return params

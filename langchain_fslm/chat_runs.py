@@ -23,6 +23,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 
+from langchain_fslm.engine.base import check_stops
 from langchain_fslm.handoff import HANDOFF_EVENT
 from langchain_fslm.stack_steps import StackOutput
 
@@ -219,7 +220,7 @@ def call_settings(chat: Any, stop: list[str] | None, handoffs: bool, kwargs: dic
             "stop, temperature, max_tokens and model."
         )
     return CallSettings(
-        stop=(*(chat.stop or ()), *(stop or ())),
+        stop=(*(chat.stop or ()), *check_stops(stop)),
         temperature=kwargs.get("temperature", chat.temperature),
         max_tokens=kwargs.get("max_tokens", chat.max_tokens),
         handoffs=handoffs,

@@ -26,7 +26,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest
+from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, check_stops
 from langchain_fslm.errors import PromptTooLongError
 from langchain_fslm.inputs import messages_to_text
 
@@ -118,8 +118,8 @@ class SmallLM(BaseChatModel):
     def _config(self, stop: list[str] | None = None, **kwargs: Any) -> GenerationConfig:
         """The generation settings of one call: this model's, with the call's overrides."""
         updates = {field: kwargs[k] for k, field in _CALL_KWARGS.items() if kwargs.get(k) is not None}
-        if stop:
-            updates["stop"] = list(dict.fromkeys([*self.generation.stop, *stop]))
+        if stops := check_stops(stop):
+            updates["stop"] = list(dict.fromkeys([*self.generation.stop, *stops]))
         if not updates:
             return self.generation
         return GenerationConfig.model_validate({**self.generation.model_dump(), **updates})

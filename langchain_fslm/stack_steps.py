@@ -21,6 +21,7 @@ from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_eve
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
 from pydantic import BaseModel, ConfigDict
 
+from langchain_fslm.engine.base import check_stops
 from langchain_fslm.handoff import FINAL_TARGET, HANDOFF_EVENT, Handoff, trace_handoff
 from langchain_fslm.inputs import input_to_text
 from langchain_fslm.outputs import StageOutput
@@ -70,8 +71,8 @@ def initial_state(value: Any, stop: list[str] | str | None = None, **kwargs: Any
             "per call (generation settings: with_generation())."
         )
     state: State = {"input": input_to_text(value), RESULTS_KEY: []}
-    if stop:
-        state[STOP_KEY] = [stop] if isinstance(stop, str) else list(stop)
+    if stops := check_stops(stop):
+        state[STOP_KEY] = stops
     return state
 
 

@@ -23,7 +23,7 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrou
 from langchain_core.runnables.base import RunnableBindingBase
 from pydantic import ConfigDict, Field
 
-from langchain_fslm.engine.base import GenerationConfig
+from langchain_fslm.engine.base import GenerationConfig, check_stops
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import OUTPUT_TYPES, StageOutput, StageOutputParser, output_type_by_name
@@ -206,7 +206,7 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
                 f"{sorted(k for k in fields if not k.startswith('_'))}"
             )
         out: dict[str, Any] = {k: _as_text(fields[k]) for k in names}
-        stops = [stop] if isinstance(stop, str) else list(stop or fields.get(STOP_KEY) or [])
+        stops = check_stops(stop if stop is not None else fields.get(STOP_KEY))
         if stops:
             out[STOP_KEY] = stops
         return out

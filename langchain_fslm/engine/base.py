@@ -9,14 +9,54 @@ from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from langchain_fslm.errors import FSLMError
+from langchain_fslm.errors import FSLMError, InvalidInputError
 
 if TYPE_CHECKING:
     from langchain_fslm.models import BaseModelRef
+
+
+MAX_STOPS = 16
+"""Most stop sequences one generation takes (each is searched for after every token)."""
+
+
+def check_stops(value: Any) -> list[str]:
+    """Stop sequences as a list: one str or a list of non-empty strings.
+
+    An empty stop would match everywhere (every generation would end after a token or two), so it is
+    refused rather than ignored.
+
+    Raises:
+        InvalidInputError: Naming what is wrong with ``value``.
+    """
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list | tuple):
+        raise InvalidInputError(f"stop must be a string or a list of strings, not {type(value).__name__}")
+    bad = [s for s in stops if not isinstance(s, str) or not s]
+    if bad:
+        raise InvalidInputError(
+            f"stop sequences must be non-empty strings; got {bad[0]!r} in {list(stops)!r} "
+            "(an empty stop would end every generation at once)"
+        )
+    if len(stops) > MAX_STOPS:
+        raise InvalidInputError(f"at most {MAX_STOPS} stop sequences are supported; got {len(stops)}")
+    return list(stops)
+
+
+def _validated_stops(value: Any) -> list[str]:
+    try:
+        return check_stops(value)
+    except InvalidInputError as err:  # pydantic reports ValueErrors with the field's path
+        raise ValueError(str(err)) from None
+
+
+StopSequences = Annotated[list[str], BeforeValidator(_validated_stops)]
+"""A pydantic field of stop sequences, checked by :func:`check_stops` (a str is a list of one)."""
 
 
 class GenerationConfig(BaseModel):
@@ -40,7 +80,7 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=5.0)
-    stop: list[str] = Field(default_factory=list)
+    stop: StopSequences = Field(default_factory=list)
     seed: int | None = None
     on_too_long: Literal["raise", "truncate_left"] = "raise"
 

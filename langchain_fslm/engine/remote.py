@@ -225,7 +225,7 @@ class RemoteEngine(Engine):
         try:
             if self.settings.api == "chat":
                 message = self.clients.llm().invoke(sent, model=model, **fields)
-                text = str(message.content)
+                text = message.text  # the text parts of a content list, not its repr
                 usage = message.usage_metadata or {}
                 prompt_tokens = usage.get("input_tokens", 0)
                 completion_tokens = usage.get("output_tokens", 0)
@@ -293,7 +293,7 @@ class RemoteEngine(Engine):
                 elif hasattr(chunk, "generation_info"):  # completions: GenerationChunk
                     piece, info = chunk.text, chunk.generation_info or {}
                 else:
-                    piece, info = str(chunk.content), chunk.response_metadata or {}
+                    piece, info = chunk.text, chunk.response_metadata or {}
                 finished = finished or bool(info.get("finish_reason"))
                 received += len(piece)
                 yield piece

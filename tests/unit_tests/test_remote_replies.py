@@ -192,3 +192,22 @@ def test_export_hint_calls_the_address_vllm_binds():
     plan = VllmPlan(base="org/model", modules=[], base_stages=["answer"], host="10.1.2.3", port=9000)
     assert plan.base_url() == "http://10.1.2.3:9000/v1"
     assert VllmPlan(base="m", modules=[], base_stages=[]).base_url() == "http://127.0.0.1:8000/v1"
+
+
+def test_a_chat_reply_whose_content_is_a_list_of_parts_is_its_text(server):
+    """Issue 26, class 5: some servers send content as parts; the text was the list's repr."""
+    parts = [{"type": "text", "text": "Paris is "}, {"type": "text", "text": "the capital."}]
+    message = {"role": "assistant", "content": parts}
+    server.body = json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "base",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        }
+    ).encode()
+    engine = RemoteEngine(f"{server.root}/v1", model="base", api="chat", max_retries=0)
+    (generation,) = engine.generate([GenerationRequest(prompt="hi")])
+    assert generation.text == "Paris is the capital."
