@@ -8,8 +8,10 @@ from importlib import metadata
 from langchain_fslm.chain import FSLMChain, StackOutput, StageStep
 from langchain_fslm.chat_model import ChatFSLM
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import (
     AdapterError,
+    ConstraintError,
     FSLMError,
     InvalidInputError,
     ManifestError,
@@ -45,6 +47,7 @@ __all__ = [
     "Answer",
     "BaseModelRef",
     "ChatFSLM",
+    "ConstraintError",
     "Draft",
     "FSLMChain",
     "FSLMError",
@@ -57,6 +60,7 @@ __all__ = [
     "InvalidInputError",
     "KeyPoints",
     "ManifestError",
+    "OutputConstraint",
     "PromptTooLongError",
     "PromptTruncatedWarning",
     "SLMRunnable",

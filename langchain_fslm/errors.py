@@ -21,6 +21,14 @@ class PromptTruncatedWarning(UserWarning):
     """A prompt was cut from the left to fit the context window (``on_too_long="truncate_left"``)."""
 
 
+class ConstraintError(FSLMError, ValueError):
+    """An output constraint (schema, regex, grammar, tool) cannot be used; raised before any generation.
+
+    The message names the stage and the constraint: a schema the decoding library cannot compile, a
+    recursive or unsupported schema, a tool without a schema, a pattern that cannot end within the budget.
+    """
+
+
 class AdapterError(FSLMError):
     """A LoRA adapter is missing, broken, or does not fit the base model."""
 

@@ -13,6 +13,8 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.output_parsers import BaseOutputParser
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_fslm.engine.constraint import OutputConstraint
+
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|\(\d+\))\s+(.*\S)\s*$")
 # labels a model may put before its text ("Answer: ..."); parsing drops them
 _LABELS = ("task", "intent", "answer", "final answer", "draft")
@@ -43,6 +45,15 @@ class StageOutput(BaseModel):
     def as_text(self) -> str:
         """The natural-language form handed to the next stage."""
         raise NotImplementedError
+
+    @classmethod
+    def constraint(cls) -> OutputConstraint | None:
+        """What the stage may generate, enforced while decoding where the engine can (None: free text).
+
+        :meth:`from_text` stays the validator: it rejects text outside the constraint when an engine
+        could not enforce it.
+        """
+        return None
 
     def __str__(self) -> str:
         return self.as_text()

@@ -10,6 +10,7 @@ from langchain_fslm.engine.base import (
     GenerationConfig,
     GenerationRequest,
 )
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.engine.local import LocalEngine, get_engine
 from langchain_fslm.engine.registry import capabilities_of, create_engine, kind_of, register_engine
 from langchain_fslm.engine.remote import (
@@ -26,6 +27,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationRequest",
     "LocalEngine",
+    "OutputConstraint",
     "RemoteEngine",
     "RemoteEngineError",
     "RemoteSettings",

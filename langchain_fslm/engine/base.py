@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import FSLMError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class GenerationRequest(BaseModel):
         config: Generation settings.
         system: Optional system message (used where the model has a chat template).
         stage: Name of the stage that sends the request, for error messages (None outside a stage).
+        constraint: What the completion may be (a JSON schema, regex or grammar), enforced while decoding
+            by an engine whose ``capabilities().constrained`` is true; None for free text. An engine that
+            cannot constrain ignores it (the stage's validator still checks the text).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -103,10 +107,16 @@ class GenerationRequest(BaseModel):
     config: GenerationConfig = Field(default_factory=GenerationConfig)
     system: str | None = None
     stage: str | None = None
+    constraint: OutputConstraint | None = None
 
 
 class Generation(BaseModel):
-    """What an engine returns for one request."""
+    """What an engine returns for one request.
+
+    ``finish_reason`` is ``"stop"`` when the model ended (end of sequence, a stop sequence, or a constrained
+    text complete) and ``"length"`` when the token budget ran out first (under a constraint: the text is
+    unfinished and must not be taken as valid).
+    """
 
     text: str
     prompt_tokens: int = 0
@@ -125,12 +135,14 @@ class EngineCapabilities:
         token_counts_exact: :meth:`Engine.count_tokens` and :meth:`Engine.token_ids` use the model's
             own tokenizer (else they are an estimate).
         compile_decode: :meth:`Engine.enable_compile_decode` is available.
+        constrained: Generation honours :attr:`GenerationRequest.constraint` (grammar-constrained decoding).
     """
 
     loglikelihood: bool = False
     local_adapters: bool = False
     token_counts_exact: bool = False
     compile_decode: bool = False
+    constrained: bool = False
 
 
 _DUCK_METHODS = ("generate", "stream", "has_adapter")
