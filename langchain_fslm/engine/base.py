@@ -270,6 +270,16 @@ class Engine(metaclass=_EngineMeta):
             f"{type(self).__name__} cannot score log-likelihoods; use a local engine (transformers)."
         )
 
+    def check_constraint(self, constraint: OutputConstraint, stage: str | None = None) -> None:
+        """Compile (and cache) ``constraint`` now, so a bad one fails before any generation.
+
+        The default accepts everything: an engine that cannot constrain leaves checking to the stage's
+        validator.
+
+        Raises:
+            ConstraintError: Naming the stage and the constraint, if this engine cannot use it.
+        """
+
     def enable_compile_decode(self) -> None:
         """Turn compiled decoding on, where the engine has it (see ``capabilities().compile_decode``).
 
