@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -26,11 +27,13 @@ from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.errors import ManifestError
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.outputs import OUTPUT_TYPES
+from langchain_fslm.templates import template_fields
 
 MANIFEST_FILE = "fslm_stack.json"
 FORMAT_VERSION = 1
 _NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RESERVED_FIELDS = frozenset({"input", "output"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StageSpec(BaseModel):
@@ -61,6 +64,12 @@ class StageSpec(BaseModel):
     parse_retries: int = Field(default=1, ge=0, le=10)
     on_parse_error: Literal["raise", "pass_raw"] = "raise"
 
+    @field_validator("prompt")
+    @classmethod
+    def _plain_fields(cls, value: str) -> str:
+        template_fields(value)  # raises ValueError naming the bad field
+        return value
+
     @field_validator("output_type")
     @classmethod
     def _known_type(cls, value: str) -> str:
@@ -73,6 +82,8 @@ class StageSpec(BaseModel):
     def _inside_stack(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        if _CONTROL.search(value):
+            raise ValueError(f"adapter path {value!r} holds a control character (NUL, newline...)")
         path = PurePosixPath(value.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts or not path.parts:
             raise ValueError(f"adapter path {value!r} must be a relative path inside the stack")
@@ -109,15 +120,38 @@ class StackManifest(BaseModel):
         reserved = sorted(set(names) & RESERVED_FIELDS)
         if reserved:
             raise ValueError(f"stage names {reserved} are reserved for the stack; rename them")
+        known = {"input"}
+        for stage in self.stages:  # a prompt reads the request and the stages before it, nothing else
+            unknown = [f for f in template_fields(stage.prompt) if f not in known]
+            if unknown:
+                raise ValueError(
+                    f"stage {stage.name!r}: its prompt reads {unknown}, which the stack does not have at "
+                    f"that point (available: {sorted(known)})"
+                )
+            known.add(stage.name)
         return self
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, data: object = None) -> str:
+    """Each error as ``field.path: message``, a stage named by its name (``stages[intent].prompt``)."""
+    stages = data.get("stages") if isinstance(data, dict) else None
     parts = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        parts.append(f"{where}: {e['msg']}")
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 1 and loc[0] == "stages" and isinstance(stages, list) and loc[1].isdigit():
+            stage = stages[int(loc[1])] if int(loc[1]) < len(stages) else None
+            name = stage.get("name") if isinstance(stage, dict) else None
+            loc[:2] = [f"stages[{name}]" if isinstance(name, str) else f"stages[{loc[1]}]"]
+        parts.append(f"{'.'.join(loc) or 'manifest'}: {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:  # json.loads would keep the last one silently
+        raise ValueError(f"key(s) {dupes} appear more than once in one object")
+    return dict(pairs)
 
 
 def load_manifest(folder: str | Path) -> StackManifest:
@@ -131,13 +165,21 @@ def load_manifest(folder: str | Path) -> StackManifest:
     if not path.is_file():
         raise ManifestError(f"{path}: no stack manifest here (is {folder} a stack folder?)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err})") from err
+    except RecursionError:
+        raise ManifestError(f"{path}: nested too deeply to be a stack manifest") from None
+    except ValueError as err:  # JSONDecodeError, and the duplicate keys above
         raise ManifestError(f"{path}: not valid JSON ({err})") from err
     try:
         manifest = StackManifest.model_validate(data)
     except ValidationError as err:
-        raise ManifestError(f"{path}: {_describe(err)}") from err
+        raise ManifestError(f"{path}: {_describe(err, data)}") from err
+    for field in ("source", "gguf_file", "revision"):
+        value = getattr(manifest.base_model, field)
+        if value is not None and _CONTROL.search(value):  # a NUL would fail deep inside path handling
+            raise ManifestError(f"{path}: base_model.{field} {value!r} holds a control character")
     root = folder.resolve()
     for stage in manifest.stages:
         if stage.adapter is None:

@@ -69,7 +69,7 @@ class GenerationConfig(BaseModel):
         top_p: Nucleus sampling mass when sampling.
         repetition_penalty: Penalty for repeated tokens (1.0 = none). Small models loop without it.
         stop: Stop sequences; generation ends at the first one and the text is cut before it.
-        seed: Seed for sampling, for reproducible sampled outputs.
+        seed: Seed for sampling (0 to 2**32 - 1), for reproducible sampled outputs.
         on_too_long: What to do with a prompt longer than the context window leaves room for:
             ``raise`` a :class:`~langchain_fslm.errors.PromptTooLongError` (default), or
             ``truncate_left``: drop its oldest tokens and warn (``PromptTruncatedWarning``).
@@ -82,7 +82,8 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=5.0)
     stop: StopSequences = Field(default_factory=list)
-    seed: int | None = None
+    # engines take 32-bit seeds (llama.cpp) or 64-bit (torch); a larger one would fail in every call
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     on_too_long: Literal["raise", "truncate_left"] = "raise"
 
 

@@ -151,7 +151,7 @@ def test_manifest_missing_or_wrong_field_names_it(saved_stack, tmp_path, tiny_en
         load(folder, tiny_engine)
     data["stages"][2]["generation"]["max_new_tokens"] = "many"
     path.write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match=r"fslm_stack.json: stages\.2\.generation\.max_new_tokens"):
+    with pytest.raises(ManifestError, match=r"fslm_stack.json: stages\[draft\]\.generation\.max_new_tokens"):
         load(folder, tiny_engine)
     data["stages"][2]["generation"]["max_new_tokens"] = 5
     data["format_version"] = 2
@@ -169,7 +169,7 @@ def test_adapter_path_outside_the_stack_is_refused(saved_stack, tmp_path, tiny_e
     data = json.loads(path.read_text())
     data["stages"][0]["adapter"] = "../elsewhere"
     path.write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match=r"stages\.0\.adapter.*inside the stack"):
+    with pytest.raises(ManifestError, match=r"stages\[intent\]\.adapter.*inside the stack"):
         load(folder, tiny_engine)
     outside = Path(shutil.copytree(folder / "adapters/intent", tmp_path / "outside"))
     os.symlink(outside, folder / "adapters/link")

@@ -302,7 +302,7 @@ def test_broken_manifest_names_file_and_field(tmp_path, stack):
     data = json.loads(path.read_text())
     data["stages"][1]["output_type"] = "nope"
     path.write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match=r"fslm_stack.json.*stages\.1\.output_type"):
+    with pytest.raises(ManifestError, match=r"fslm_stack.json.*stages\[\w+\]\.output_type"):
         FSLMChain.from_pretrained(folder)
     data["stages"][1]["output_type"] = "text"
     data["format_version"] = 99
