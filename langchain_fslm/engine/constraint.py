@@ -53,8 +53,7 @@ class OutputConstraint(BaseModel):
         """A constraint to sentences of a lark grammar (start rule ``start``)."""
         return cls(kind="lark", value=grammar, name=name)
 
-    @property
-    def schema(self) -> dict[str, Any]:
+    def json_schema(self) -> dict[str, Any]:
         """The JSON schema (only for ``kind="json_schema"``).
 
         Raises:
