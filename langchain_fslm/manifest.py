@@ -12,12 +12,7 @@ Paths inside the manifest are relative to the stack folder and may not leave it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -27,9 +22,9 @@ from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.errors import ManifestError
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.outputs import OUTPUT_TYPES
+from langchain_fslm.stack_swap import MANIFEST_FILE, recover
 from langchain_fslm.templates import template_fields
 
-MANIFEST_FILE = "fslm_stack.json"
 FORMAT_VERSION = 1
 _NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RESERVED_FIELDS = frozenset({"input", "output"})
@@ -162,7 +157,7 @@ def load_manifest(folder: str | Path) -> StackManifest:
     """
     folder = Path(folder).expanduser()
     path = folder / MANIFEST_FILE
-    if not path.is_file():
+    if not path.is_file() and not (recover(folder) and path.is_file()):  # a save killed mid-swap
         raise ManifestError(f"{path}: no stack manifest here (is {folder} a stack folder?)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
@@ -190,44 +185,6 @@ def load_manifest(folder: str | Path) -> StackManifest:
         if not adapter_dir.is_dir():
             raise ManifestError(f"{path}: stages.{stage.name}.adapter: folder {adapter_dir} does not exist")
     return manifest
-
-
-def write_stack_atomically(folder: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Build a stack folder in a temporary sibling, then move it into place.
-
-    A crash mid-way leaves the old folder (or nothing) at ``folder``, never a half-written stack.
-
-    Args:
-        folder: Destination stack folder (replaced if it exists).
-        fill: Writes every file into the temporary folder it is given.
-
-    Returns:
-        The destination folder.
-    """
-    dest = Path(folder).expanduser().resolve()
-    if dest.exists() and not dest.is_dir():
-        raise ManifestError(f"{dest} exists and is not a folder; a stack is not saved over it.")
-    if dest.is_dir() and not (dest / MANIFEST_FILE).is_file() and any(dest.iterdir()):
-        raise ManifestError(
-            f"{dest} is a folder that is not empty and holds no {MANIFEST_FILE}; saving a stack there "
-            "would replace everything in it. Choose a new or empty folder, or an existing stack."
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # not mkdtemp: the stack gets the umask's permissions, not 0700
-    try:
-        fill(tmp)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-            os.replace(dest, old / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 def dump_manifest(manifest: StackManifest, folder: Path) -> None:

@@ -10,7 +10,7 @@ my-stack/
 :func:`save_stack` is used by :meth:`FSLMChain.save_pretrained` (adapters from the engine) and by
 training (adapters copied from the work folder); :func:`load_stack_manifest` by
 :meth:`FSLMChain.from_pretrained`. A save builds the whole folder beside the destination and renames it
-into place (:func:`~langchain_fslm.manifest.write_stack_atomically`), so a crash leaves the old stack or
+into place (:func:`~langchain_fslm.stack_swap.write_stack_atomically`), so a crash leaves the old stack or
 nothing, never a half-written one.
 """
 
@@ -27,9 +27,9 @@ from langchain_fslm.manifest import (
     StageSpec,
     dump_manifest,
     load_manifest,
-    write_stack_atomically,
 )
 from langchain_fslm.models import BaseModelRef
+from langchain_fslm.stack_swap import write_stack_atomically
 
 if TYPE_CHECKING:
     from langchain_fslm.chain import FSLMChain
