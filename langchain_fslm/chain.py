@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.registry import AdapterLoads as _AdapterLoads
 from langchain_fslm.engine.registry import adapter_name as _adapter_name  # noqa: F401 - kept importable
+from langchain_fslm.errors import AdapterError
 from langchain_fslm.handoff import FINAL_TARGET
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.stack_building import StackBuilding
@@ -101,11 +102,22 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
             else [last.answer()]
         )
         return RunnableSequence(
-            RunnableLambda(initial_state, name="fslm_input"),
+            RunnableLambda(self._initial_state, name="fslm_input"),
             *(step.runnable() for step in upstream),
             *tail,
             name=self.name or "FSLMChain",
         )
+
+    def _initial_state(self, value: Any, **kwargs: Any) -> dict[str, Any]:
+        self._check_not_released()
+        return initial_state(value, **kwargs)
+
+    def _check_not_released(self) -> None:
+        if self._adapters.released:  # its adapter names may still be loaded for another stack
+            raise AdapterError(
+                f"Stack {self.name or 'FSLMChain'!r} was released (release()); its adapter stages cannot "
+                "run. Load the stack again to use it."
+            )
 
     @property
     def steps(self) -> list[StageStep]:
@@ -175,6 +187,7 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
         Returns:
             Each input's state before the last stage.
         """
+        self._check_not_released()
         return run_upstream(self.steps[:-1], inputs, on_error, config)
 
     def release(self) -> None:

@@ -150,11 +150,13 @@ class AdapterLoads:
     def __init__(self, loads: list[tuple[Any, str]] | None = None) -> None:
         self.loads = loads or []  # (engine, adapter name)
         self.lock = threading.Lock()
+        self.released = False  # once true, the stack refuses to run (another stack may hold the names)
 
     def release(self) -> None:
         """Give back every load (once, whichever copy or thread asks)."""
         with self.lock:
             loads, self.loads = self.loads, []
+            self.released = self.released or bool(loads)
         for engine, name in loads:
             engine.release_adapter(name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_fslm import FSLMChain, GenerationConfig, ManifestError, StageSpec, models
+from langchain_fslm import ChatFSLM, FSLMChain, GenerationConfig, ManifestError, StageSpec, models
 from langchain_fslm.engine.base import GenerationRequest
 from langchain_fslm.errors import AdapterError, FSLMError
 from langchain_fslm.models import gguf_cache
@@ -290,6 +290,12 @@ def test_release_frees_a_stacks_adapters_once_no_stack_uses_them(tiny_model_dir,
     first.release()
     first.release()  # a second release gives nothing back twice
     assert second.invoke("hello") == text_a
+    # the released stack refuses to run, though its adapter is still loaded for `second` (issue 26, 10)
+    for run in (first.invoke, lambda x: list(first.stream(x)), lambda x: first.batch([x])):
+        with pytest.raises(AdapterError, match="released"):
+            run("hello")
+    with pytest.raises(AdapterError, match="released"):
+        ChatFSLM(stack=first).invoke("hello")
     second.with_generation(max_new_tokens=3).release()  # copies share their stack's loads
     assert len(engine.model.peft_config) == 1
     with pytest.raises(AdapterError, match="released"):
