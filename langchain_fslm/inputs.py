@@ -8,6 +8,7 @@ other than tab, newline and carriage return are removed.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,9 +49,21 @@ def clean_text(text: str, *, where: str = "input") -> str:
             "decode your text properly before passing it."
         ) from None
     text = _CONTROL.sub("", text)
-    if not text.strip():
-        raise InvalidInputError(f"The {where} is empty (or whitespace only); give the stack a request.")
+    if not _visible(text):
+        raise InvalidInputError(
+            f"The {where} is empty (or only whitespace and invisible characters such as zero-width "
+            "spaces or a byte-order mark); give the stack a request."
+        )
     return text
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows: not whitespace, not a format character (Cf).
+
+    Zero-width spaces, joiners and BOMs are kept in the text (emoji need joiners) but do not make a
+    request on their own.
+    """
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
 
 
 def messages_to_text(messages: Sequence[BaseMessage]) -> str:
@@ -75,12 +88,28 @@ def messages_to_text(messages: Sequence[BaseMessage]) -> str:
                 for b in message.content
             ):
                 raise InvalidInputError(f"Message {i} holds non-text content; a stack reads text only.")
+            if any(isinstance(b, dict) and not isinstance(b.get("text"), str) for b in message.content):
+                raise InvalidInputError(
+                    f"Message {i} has a text block without a 'text' string: {message.content!r:.120}"
+                )
     if len(messages) == 1 and isinstance(messages[0], HumanMessage):
         return messages[0].text
     return get_buffer_string(list(messages))
 
 
 def input_to_text(value: Any) -> str:
+    """Normalise LLM-style input to the stack's input text (see :func:`_input_to_text`).
+
+    Raises:
+        InvalidInputError: For unsupported types or contents, naming the problem.
+    """
+    try:
+        return _input_to_text(value)
+    except RecursionError:  # {"input": {"input": ...}} thousands deep, or messages nested as deep
+        raise InvalidInputError("The input is nested too deeply to be a request.") from None
+
+
+def _input_to_text(value: Any) -> str:
     """Normalise LLM-style input to the stack's input text.
 
     Args:
@@ -103,11 +132,11 @@ def input_to_text(value: Any) -> str:
                 f"A mapping input needs an 'input' key; got keys {sorted(map(str, value))}. "
                 "Put a prompt template before the stack to build the text."
             )
-        return input_to_text(value["input"])
+        return _input_to_text(value["input"])
     elif isinstance(value, Sequence) and not isinstance(value, bytes):
         try:
             messages = convert_to_messages(value)
-        except (ValueError, TypeError, NotImplementedError) as err:
+        except (ValueError, TypeError, KeyError, NotImplementedError) as err:
             raise InvalidInputError(f"The input list is not a list of messages: {err}") from None
         text = messages_to_text(messages)
     else:
