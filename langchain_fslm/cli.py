@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,11 +15,35 @@ from langchain_fslm.cli_errors import fail
 from langchain_fslm.evaluation import commands as eval_commands
 from langchain_fslm.manifest import MANIFEST_FILE
 
+MAX_NEW_TOKENS = 8192  # GenerationConfig's bound: a larger budget is refused by typer, not a traceback
+
 app = typer.Typer(
     help="Fine-tuned stacks of small language models (FSLM) for LangChain.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: typer's rich panels show flags as `--help <bool>`
 )
+
+
+LIBRARY_NOISE = ("transformers", "peft", "torch", "accelerate")
+"""Libraries whose deprecation notices a command's user cannot act on (they are for our code)."""
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    # before any command runs: FutureWarnings such as transformers' `is_gradient_checkpointing is
+    # deprecated` leaked into train, eval and run; our own warnings (PromptTruncatedWarning) still show
+    for module in LIBRARY_NOISE:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=rf"{module}(\..*)?$")
+    logging.getLogger("transformers").addFilter(_TokenizerNotice())
+
+
+class _TokenizerNotice(logging.Filter):
+    """Drops transformers' notice on ``clean_up_tokenization_spaces`` for BPE tokenizers (not ours)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "clean_up_tokenization_spaces" not in record.getMessage()
 
 
 def _stack_folder(path: Path) -> Path:
@@ -43,7 +69,8 @@ def run(
         Optional[Path], typer.Option(help="Append handoffs to this JSON-lines file.")
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option(min=1, help="Override every stage's generation budget.")
+        Optional[int],
+        typer.Option(min=1, max=MAX_NEW_TOKENS, help="Override every stage's generation budget."),
     ] = None,
     compile_decode: Annotated[
         bool,
@@ -58,11 +85,32 @@ def run(
         typer.Option(help="Allow a stack whose base model needs code from its repository (it runs)."),
     ] = False,
 ) -> None:
-    """Answer PROMPT with a stack and print the answer (and, if asked, the handoffs)."""
+    """Answer PROMPT with a stack, streaming the answer (and, if asked, each handoff as it completes)."""
     from langchain_fslm.chain import FSLMChain
     from langchain_fslm.errors import FSLMError
-    from langchain_fslm.handoff import HandoffLogger
+    from langchain_fslm.handoff import FINAL_TARGET, HandoffLogger
+    from langchain_fslm.inputs import input_to_text
     from langchain_fslm.models import ModelNotFoundError
+
+    try:
+        input_to_text(prompt)  # an empty request fails before any weights load
+        if stack is not None:
+            from langchain_fslm.manifest import load_manifest
+
+            load_manifest(_stack_folder(stack))  # so does a broken stack folder
+    except FSLMError as err:
+        raise fail(str(err)) from None
+
+    def show(record: dict[str, object]) -> None:
+        if record["to_stage"] == FINAL_TARGET:  # the answer itself is streamed below, once
+            return
+        typer.secho(
+            f"── {record['from_stage']} → {record['to_stage']} ({record['prompt_tokens']} in / "
+            f"{record['completion_tokens']} out, {float(str(record['latency_s'])):.2f}s)",
+            fg=typer.colors.CYAN,
+            err=True,
+        )
+        typer.echo(str(record["text"]), err=True)
 
     try:
         if stack is not None:
@@ -77,22 +125,16 @@ def run(
                     chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
         else:
             chain = FSLMChain.default(base, max_new_tokens=max_new_tokens, compile_decode=compile_decode)
-        logger = HandoffLogger(handoff_log)
-        answer = chain.invoke(prompt, config={"callbacks": [logger]})
+        logger = HandoffLogger(handoff_log, on_record=show if show_handoffs else None)
+        started = False
+        for piece in chain.stream(prompt, config={"callbacks": [logger]}):
+            if not started and show_handoffs:
+                typer.secho("── answer", fg=typer.colors.GREEN, err=True)
+            started = True
+            typer.echo(piece, nl=False)
+        typer.echo()
     except (FSLMError, ModelNotFoundError) as err:
         raise fail(str(err)) from None
-    if show_handoffs:
-        for record in logger.records:
-            typer.secho(
-                f"── {record['from_stage']} → {record['to_stage']} "
-                f"({record['prompt_tokens']} in / {record['completion_tokens']} out, "
-                f"{record['latency_s']:.2f}s)",
-                fg=typer.colors.CYAN,
-                err=True,
-            )
-            typer.echo(record["text"], err=True)
-        typer.secho("── answer", fg=typer.colors.GREEN, err=True)
-    typer.echo(answer)
 
 
 @app.command()

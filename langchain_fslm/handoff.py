@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -86,6 +87,7 @@ class HandoffLogger(BaseCallbackHandler):
     Args:
         path: File to append to (one JSON object per line, flushed per line). None keeps records in
             memory only.
+        on_record: Called with each record as it arrives (``fslm run --show-handoffs`` prints them).
 
     Example:
         .. code-block:: python
@@ -95,8 +97,11 @@ class HandoffLogger(BaseCallbackHandler):
             logger.records[0]["from_stage"]  # "intent"
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None = None, on_record: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else None
+        self.on_record = on_record  # called with each record as it arrives (e.g. to print it live)
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         if self.path is not None:
@@ -122,3 +127,5 @@ class HandoffLogger(BaseCallbackHandler):
             if self.path is not None:
                 with self.path.open("a", encoding="utf-8") as f:
                     f.write(line + "\n")
+        if self.on_record is not None:
+            self.on_record(record)

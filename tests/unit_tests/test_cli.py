@@ -23,7 +23,15 @@ def test_run_shows_handoffs_and_info_reads_the_stack(tiny_model_dir, tiny_engine
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "intent → key_points" in result.output and "answer → output" in result.output
+    err = result.stderr
+    order = [
+        err.index(f"── {a} → {b}")
+        for a, b in [("intent", "key_points"), ("key_points", "draft"), ("draft", "answer")]
+    ]
+    assert order == sorted(order) and err.index("── answer") > order[-1]  # handoffs live, then the answer
+    assert "answer → output" not in err  # the answer is printed once, on stdout
+    expected = FSLMChain.default(str(tiny_model_dir), max_new_tokens=4).invoke("Why is the sky blue?")
+    assert result.stdout == expected + "\n"
 
     folder = FSLMChain.from_specs(default_stage_specs(4), engine=tiny_engine).save_pretrained(tmp_path / "s")
     result = runner.invoke(app, ["info", str(folder)])
@@ -68,7 +76,9 @@ def test_run_with_compile_decode_takes_the_compiled_path(tiny_model_dir, tiny_en
         torch._dynamo.reset()
     assert result.exit_code == 0, result.output
     assert isinstance(tiny_engine.compiled, Traced)
-    assert len(calls) == 4  # each of the four stages decoded on the compiled path
+    # the three upstream stages decode on the compiled path; the streamed answer eagerly (the local
+    # engine's stream() has no compiled path)
+    assert len(calls) == 3
     assert result.output == plain.output  # the same greedy answer
 
 
@@ -124,3 +134,45 @@ def test_a_stack_moved_to_another_machine_runs_with_base_pointing_at_its_copy(
     moved = runner.invoke(app, ["run", "hi", "--stack", str(folder), "--base", str(copy)])
     assert moved.exit_code == 0, moved.output
     assert moved.stdout.strip() == stack.invoke("hi").strip()
+
+
+def test_run_checks_its_arguments_before_loading_a_model(monkeypatch, tmp_path):
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(FSLMChain, "default", no_load)
+    monkeypatch.setattr(FSLMChain, "from_pretrained", no_load)
+    result = runner.invoke(app, ["run", "  \u200b "])
+    assert result.exit_code == 2 and "empty" in result.stderr
+    result = runner.invoke(app, ["run", "hi", "--stack", str(tmp_path)])
+    assert result.exit_code == 2 and "no stack manifest" in result.stderr
+    result = runner.invoke(app, ["run", "hi", "--max-new-tokens", "100000"])
+    assert result.exit_code == 2 and "max-new-tokens" in result.output and "Traceback" not in result.output
+
+
+def test_library_deprecation_notices_do_not_reach_the_user(tiny_model_dir, tiny_engine):
+    import warnings
+
+    def noisy(*args, **kwargs):  # what transformers does inside a command
+        warnings.warn_explicit(
+            "`is_gradient_checkpointing` is deprecated",
+            FutureWarning,
+            "modeling_utils.py",
+            1,
+            "transformers.x",
+        )
+        warnings.warn_explicit("ours", UserWarning, "stage.py", 1, "langchain_fslm.stage")
+        raise SystemExit(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from unittest import mock
+
+        with mock.patch.object(FSLMChain, "default", noisy):
+            runner.invoke(app, ["run", "hi"])
+    assert [str(w.message) for w in caught] == ["ours"]
+
+
+def test_help_shows_flags_without_type_noise():
+    result = runner.invoke(app, ["run", "--help"])
+    assert "--show-handoffs / --no-show-handoffs" in result.output and "<bool>" not in result.output
