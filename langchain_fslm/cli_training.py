@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from langchain_fslm.cli_errors import fail, interrupted
+from langchain_fslm.cli_output import JsonOpt, finish, mean_interval, table
 from langchain_fslm.files import write_text
 
 ConfigOpt = Annotated[
@@ -35,6 +36,7 @@ def distill(
         typer.Option("--teacher-final", help="Last stage learns the teacher's answer, not Alpaca's."),
     ] = None,
     config: ConfigOpt = None,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Let a teacher write every stage's target for Alpaca records (JSON lines, resumable)."""
     from langchain_fslm.errors import FSLMError
@@ -72,7 +74,7 @@ def distill(
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise interrupted("the records written so far are kept") from None
-    typer.echo(json.dumps(stats.model_dump()))
+    finish(_distill_summary(stats, cfg.out), stats.model_dump(), as_json)
 
 
 def train(
@@ -103,6 +105,7 @@ def train(
         typer.Option("--padding-free/--padded", help="One flattened row per batch (default) or padding."),
     ] = None,
     config: ConfigOpt = None,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Train one LoRA per stage (or one single LoRA) and write a stack folder; resumes if killed."""
     from langchain_fslm.errors import FSLMError
@@ -138,7 +141,7 @@ def train(
     except KeyboardInterrupt:
         raise interrupted("finished stages and the last checkpoint are kept") from None
     if result.stack is not None:
-        typer.echo(json.dumps(result.model_dump(mode="json", exclude={"losses"})))
+        finish(_train_summary(result), result.model_dump(mode="json", exclude={"losses"}), as_json)
 
 
 def heldout(
@@ -166,7 +169,8 @@ def heldout(
         Optional[int], typer.Option(min=1, help="Override every stage's budget.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Records per batch.")] = 8,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the result JSON here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the full result JSON here.")] = None,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Score a stack (or the base model) on the held-out Alpaca records: ROUGE-L and reference loglik."""
     from langchain_fslm.chain import FSLMChain
@@ -186,7 +190,50 @@ def heldout(
         result = evaluate_chain(chain, rows, str(stack or "base"), batch_size=batch_size)
     except FSLMError as err:
         raise fail(str(err)) from None
-    text = json.dumps(result.model_dump(), indent=2)
     if out:
-        write_text(out, text + "\n")
-    typer.echo(text)
+        write_text(out, json.dumps(result.model_dump(), indent=2) + "\n")
+    summary = _heldout_summary(result) + (f"\nfull result (per record): {out}" if out else "")
+    finish(summary, result.model_dump(), as_json)
+
+
+def _distill_summary(stats: Any, out: Path) -> str:
+    dropped = sum(stats.dropped.values())
+    rows = [[stage, n] for stage, n in stats.dropped.items()]
+    lines = [
+        f"wrote {stats.written} record(s) to {out}"
+        + (f"; {stats.skipped} were already there (finished by an earlier run)" if stats.skipped else ""),
+    ]
+    if dropped:
+        lines += [
+            f"dropped {dropped} record(s) whose teacher output did not validate:",
+            table(["stage", "dropped"], rows),
+        ]
+    return "\n".join(lines)
+
+
+def _train_summary(result: Any) -> str:
+    rows = []
+    for stage, losses in result.losses.items():
+        loss = f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "-"
+        note = "reused (finished earlier)" if stage in result.reused else ""
+        rows.append(
+            [stage, result.examples.get(stage, 0), loss, round(result.wall_s.get(stage, 0.0), 1), note]
+        )
+    head = f"wrote the stack {result.stack}"
+    if result.reused and len(result.reused) == len(result.losses):
+        head += " (every stage was finished by an earlier run with the same settings: nothing trained)"
+    return head + "\n" + table(["stage", "examples", "loss first -> last", "wall s", ""], rows)
+
+
+def _heldout_summary(result: Any) -> str:
+    rouge, lo, hi = mean_interval(result.rouge_l_per_record)
+    logliks = [v for v in result.loglik_per_record if v is not None]
+    ll, ll_lo, ll_hi = mean_interval(logliks)
+    rows = [
+        ["ROUGE-L", rouge, f"[{lo:.3f}, {hi:.3f}]", result.n],
+        ["loglik / token", ll, f"[{ll_lo:.3f}, {ll_hi:.3f}]", len(logliks)],
+    ]
+    failed = f"; {result.failed} record(s) failed (scored 0)" if result.failed else ""
+    return f"{result.system} on {result.n} held-out record(s), {result.wall_s:.1f} s{failed}\n" + table(
+        ["metric", "mean", "95% interval", "n"], rows
+    )

@@ -62,21 +62,29 @@ class TrainResult(BaseModel):
         wall_s: Per stage, training wall time in seconds (of the run that finished the stage; a resumed
             stage counts only the resumed part).
         examples: Per stage, the number of training examples.
+        reused: Stages whose adapter an earlier run had finished with the same settings and data: not
+            trained again (their losses and wall time are that run's).
     """
 
     stack: Path | None = None
     losses: dict[str, list[float]] = Field(default_factory=dict)
     wall_s: dict[str, float] = Field(default_factory=dict)
     examples: dict[str, int] = Field(default_factory=dict)
+    reused: list[str] = Field(default_factory=list)
 
 
 def _train_adapter(
     stage: str, examples: list[tuple[str, str]], system: str | None, config: TrainConfig, progress: bool
-) -> tuple[list[float], float, bool]:
-    """Train (or resume) one stage's adapter; returns its losses, wall time and whether this is rank 0."""
+) -> tuple[list[float], float, bool, bool]:
+    """Train (or resume) one stage's adapter.
+
+    Returns:
+        Its losses, wall time, whether this is rank 0, and whether a finished adapter was reused.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import ProgressCallback
 
     from langchain_fslm.engine.local import LocalEngine
 
@@ -89,7 +97,7 @@ def _train_adapter(
     check_work_dir(stage_dir, stage_fingerprint(config, examples, system), main_rank)
     if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
         done = json.loads(log_file.read_text())
-        return done["losses"], float(done.get("wall_s", 0.0)), True
+        return done["losses"], float(done.get("wall_s", 0.0)), True, True
     set_seed(config.seed)
     engine = LocalEngine.from_ref(BaseModelRef(source=config.base))
     encoded = [encode_example(engine, p, t, config.max_length, system) for p, t in examples]
@@ -146,6 +154,9 @@ def _train_adapter(
         train_dataset=data,  # type: ignore[arg-type]
         data_collator=make_collator(engine.model, engine.tokenizer.pad_token_id, config.padding_free),
     )
+    if progress:  # the Trainer's bar, named after the stage it trains (four anonymous bars otherwise)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_named_progress(stage))
     last = last_complete_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
@@ -157,7 +168,20 @@ def _train_adapter(
         log = {"stage": stage, "losses": losses, "wall_s": wall, "log": trainer.state.log_history}
         write_text(log_file, json.dumps(log))  # written last: its presence marks the stage finished
     trainer.accelerator.wait_for_everyone()
-    return losses, wall, main
+    return losses, wall, main, False
+
+
+def _named_progress(stage: str) -> Any:
+    """The Trainer's progress bar, described with the stage's name (built here: transformers is heavy)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class StageProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(f"train {stage}")
+
+    return StageProgress()
 
 
 def _train(
@@ -171,7 +195,9 @@ def _train(
     main = True
     for spec in specs:
         pairs = examples[spec.name]
-        losses, wall, main = _train_adapter(spec.name, pairs, spec.system, config, progress)
+        losses, wall, main, reused = _train_adapter(spec.name, pairs, spec.system, config, progress)
+        if reused:
+            result.reused.append(spec.name)
         result.losses[spec.name] = losses
         result.wall_s[spec.name] = wall
         result.examples[spec.name] = len(pairs)

@@ -241,28 +241,20 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
         "--max-new-tokens",
         "4",
     ]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert _stats(result.output)["skipped"] == 0
-    result = runner.invoke(app, args)
-    assert _stats(result.output)["skipped"] == 3
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--single",
-            "--handoffs",
-            str(tmp_path / "h.jsonl"),
-            "--base",
-            str(tiny_model_dir),
-            "--out",
-            str(tmp_path / "single"),
-            "--max-steps",
-            "1",
-            "--group-by-length",
-        ],
-    )
+    result = runner.invoke(app, args)  # a rerun says the work was finished
+    assert result.exit_code == 0 and "3 were already there" in result.stdout, result.output
+    train = ["train", "--single", "--handoffs", str(tmp_path / "h.jsonl"), "--base", str(tiny_model_dir)]
+    train += ["--out", str(tmp_path / "single"), "--max-steps", "1", "--group-by-length"]
+    result = runner.invoke(app, train)
     assert result.exit_code == 0, result.output
+    assert (
+        "loss first -> last" in result.stdout and "answer" in result.stdout and "reused" not in result.stdout
+    )
+    result = runner.invoke(app, train)  # nothing left to train: the summary says so
+    assert result.exit_code == 0 and "nothing trained" in result.stdout, result.output
     single = FSLMChain.from_pretrained(tmp_path / "single", engine=tiny_engine)
     assert [s.name for s in single.stages] == ["answer"] and single.stages[0].prompt == "{input}"
 
@@ -275,9 +267,15 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
     args = ["heldout", "--stack", str(tmp_path / "single"), "--data", str(data), "--heldout", "2"]
     args += ["--limit", "1", "--max-new-tokens", "2", "--out", str(held)]
     assert runner.invoke(app, args).exit_code == 2
-    result = runner.invoke(app, [*args, "--base", str(tiny_model_dir)])
+    result = runner.invoke(app, [*args, "--base", str(tiny_model_dir), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(held.read_text()) == json.loads(result.stdout)
+    result = runner.invoke(app, [*args, "--base", str(tiny_model_dir)])
+    assert (
+        "ROUGE-L" in result.stdout
+        and "95% interval" in result.stdout
+        and "rouge_l_per_record" not in result.stdout
+    )
 
     result = runner.invoke(app, ["train", "--handoffs", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2 and "not found" in result.output
