@@ -16,6 +16,7 @@ nothing, never a half-written one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -85,6 +86,7 @@ def save_stack(
             target = tmp / spec.adapter
             target.parent.mkdir(parents=True, exist_ok=True)
             write_adapter(spec, target)
+            _portable_base(target, manifest.base_model.source)
             if not target.is_dir():
                 raise ManifestError(
                     f"{dest}: the adapter of stage {spec.name!r} was not written (no folder {spec.adapter})"
@@ -100,6 +102,21 @@ def save_stack(
         dump_manifest(manifest, tmp)  # last, as before the split: a folder with a manifest is complete
 
     return write_stack_atomically(dest, fill)
+
+
+def _portable_base(adapter: Path, source: str) -> None:
+    """Record the manifest's base reference in the adapter's config, not the saving machine's path.
+
+    peft writes where the base was loaded from, often a cache folder under the home of the machine that
+    trained it; the manifest's source (``embedded:...``, a hub id) means the same model everywhere.
+    """
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        return  # the adapter check reports it when the stack is loaded
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and data.get("base_model_name_or_path") != source:
+        data["base_model_name_or_path"] = source
+        config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def load_stack_manifest(folder: str | Path) -> StackManifest:

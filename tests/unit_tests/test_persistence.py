@@ -107,3 +107,17 @@ def test_reading_a_folder_that_is_no_stack_names_the_file(tmp_path):
     (folder / "adapters" / "plan").rmdir()
     with pytest.raises(ManifestError, match=r"fslm_stack.json: stages\.plan\.adapter"):
         load_stack_manifest(folder)
+
+
+def test_saved_adapters_name_the_manifests_base_not_a_local_cache_path(tmp_path):
+    written = manifest("plan")
+
+    def peft_like(spec: StageSpec, target: Path) -> None:
+        target.mkdir(parents=True)
+        config = {"peft_type": "LORA", "r": 8, "base_model_name_or_path": "/home/someone/.cache/fslm/smollm2"}
+        (target / "adapter_config.json").write_text(json.dumps(config))
+
+    folder = save_stack(tmp_path / "s", written, peft_like)
+    config = json.loads((folder / "adapters" / "plan" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == written.base_model.source
+    assert config["r"] == 8
