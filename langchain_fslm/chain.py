@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_fslm.engine.registry import AdapterLoads as _AdapterLoads
 from langchain_fslm.engine.registry import adapter_name as _adapter_name  # noqa: F401 - kept importable
-from langchain_fslm.errors import AdapterError
+from langchain_fslm.errors import AdapterError, InvalidInputError
 from langchain_fslm.handoff import FINAL_TARGET
 from langchain_fslm.models import BaseModelRef
 from langchain_fslm.stack_building import StackBuilding
@@ -153,10 +153,8 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
 
         Example: ``stack.with_stage("intent", parse_retries=3, on_parse_error="pass_raw")``.
         """
-        names = [s.spec.name for s in self.stages]
-        if stage not in names:
-            raise ValueError(f"{self.get_name()} has no stage {stage!r}; its stages are {names}")
-        stages = [s.model_copy(update=updates) if s.spec.name == stage else s for s in self.stages]
+        index = self._stage_index(stage)
+        stages = [s.model_copy(update=updates) if i == index else s for i, s in enumerate(self.stages)]
         return self.model_copy(update={"stages": stages})
 
     def with_generation(self, stage: str | None = None, **updates: Any) -> FSLMChain:
@@ -164,11 +162,16 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
 
         Example: ``stack.with_generation(temperature=0.7, max_new_tokens=64)``.
         """
-        names = [s.spec.name for s in self.stages]
-        index = len(names) - 1 if stage is None else names.index(stage)
+        index = len(self.stages) - 1 if stage is None else self._stage_index(stage)
         stages = list(self.stages)
         stages[index] = stages[index].with_generation(**updates)
         return self.model_copy(update={"stages": stages})
+
+    def _stage_index(self, stage: str) -> int:
+        names = [s.spec.name for s in self.stages]
+        if stage not in names:
+            raise InvalidInputError(f"{self.get_name()} has no stage {stage!r}; its stages are {names}")
+        return names.index(stage)
 
     def upstream_states(
         self,

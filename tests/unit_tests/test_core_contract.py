@@ -163,3 +163,5 @@ def test_policies_are_set_with_ordinary_arguments(stack):
     assert isinstance(lenient.invoke("Why?"), type(stack.with_handoffs().invoke("Why?")))
     with pytest.raises(ValueError, match="no stage 'nope'"):
         stack.with_stage("nope", parse_retries=2)
+    with pytest.raises(ValueError, match=r"no stage 'nope'; its stages are \['intent'"):
+        stack.with_generation("nope", max_new_tokens=3)  # was "'nope' is not in list" (issue 27)
