@@ -35,6 +35,18 @@ def distill(
         Optional[bool],
         typer.Option("--teacher-final", help="Last stage learns the teacher's answer, not Alpaca's."),
     ] = None,
+    hindsight: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--hindsight",
+            help="The teacher also sees each record's reference answer and writes the handoffs that lead "
+            "to it (the trained stages still see only the request).",
+        ),
+    ] = None,
+    derive: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Stage written from the reference without the teacher (key_points); repeatable."),
+    ] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
@@ -58,6 +70,8 @@ def distill(
                 "batch_size": batch_size,
                 "max_new_tokens": max_new_tokens,
                 "final_target": "teacher" if teacher_final else None,
+                "mode": "hindsight" if hindsight else None,
+                "derive": derive or None,
             },
         )
         train, _ = split_heldout(load_alpaca(cfg.data), cfg.heldout, cfg.seed)
@@ -69,6 +83,8 @@ def distill(
             batch_size=cfg.batch_size,
             final_target=cfg.final_target,
             max_new_tokens=cfg.max_new_tokens,
+            mode=cfg.mode,
+            derive=cfg.derive,
         )
     except FSLMError as err:
         raise fail(str(err)) from None

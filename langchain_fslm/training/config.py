@@ -51,6 +51,9 @@ class DistillConfig(BaseModel):
         batch_size: Records per teacher ``batch`` call.
         max_new_tokens: Teacher generation budget per stage (None: the stage defaults).
         final_target: ``reference``: the last stage learns Alpaca's ``output``; ``teacher``: the teacher's.
+        mode: ``plain`` or ``hindsight`` (the teacher also sees the reference answer; see
+            :mod:`langchain_fslm.training.hindsight`).
+        derive: Stages written from the reference without the teacher (``key_points``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +67,8 @@ class DistillConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     final_target: Literal["reference", "teacher"] = "reference"
+    mode: Literal["plain", "hindsight"] = "plain"
+    derive: list[Literal["key_points"]] = Field(default_factory=list)
 
 
 class TrainConfig(BaseModel):

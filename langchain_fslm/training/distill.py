@@ -24,6 +24,8 @@ from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutputParser, output_type_by_name
 from langchain_fslm.training.data import record_id, request_text
+from langchain_fslm.training.hindsight import DERIVABLE, teacher_prompt
+from langchain_fslm.training.hindsight import derive as derive_target
 from langchain_fslm.training.teacher import Teacher, resolve_teacher
 
 
@@ -58,11 +60,12 @@ def _written(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
-def _open_output(out: Path, teacher: str) -> set[str]:
-    """Check ``out`` can be written and holds only this teacher's records; return the ids done.
+def _open_output(out: Path, teacher: str, mode: str = "plain") -> set[str]:
+    """Check ``out`` can be written and holds only this teacher's and mode's records; return the ids done.
 
     Raises:
-        InvalidInputError: If ``out`` cannot be written, or an earlier run wrote it with another teacher.
+        InvalidInputError: If ``out`` cannot be written, or an earlier run wrote it with another teacher
+            or in another mode.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,12 @@ def _open_output(out: Path, teacher: str) -> set[str]:
         raise InvalidInputError(
             f"{out} holds records written by teacher {', '.join(others)}; this run's teacher is "
             f"{teacher}. Use another --out (or delete the file) rather than mix two teachers' targets."
+        )
+    modes = sorted({str(r.get("mode", "plain")) for r in records} - {mode})
+    if modes:
+        raise InvalidInputError(
+            f"{out} holds records distilled in {', '.join(modes)} mode; this run is in {mode} mode. Use "
+            "another --out rather than mix targets written with and without the reference answer."
         )
     return {r["id"] for r in (*records, *dropped)}
 
@@ -98,6 +107,8 @@ def distill(
     final_target: Literal["reference", "teacher"] = "reference",
     max_new_tokens: int | None = None,
     progress: bool = True,
+    mode: Literal["plain", "hindsight"] = "plain",
+    derive: Sequence[str] = (),
 ) -> DistillStats:
     """Run the teacher over every stage for each row and append the records to ``out``.
 
@@ -111,6 +122,11 @@ def distill(
             ``teacher``: the teacher writes it too.
         max_new_tokens: Override the teacher's generation budget per stage.
         progress: Show a tqdm progress bar.
+        mode: ``plain``: the teacher gets each stage's own prompt; ``hindsight``: a prompt that also shows
+            the row's reference answer (:mod:`~langchain_fslm.training.hindsight`). The training prompt
+            recorded is the stage's own in both. A file holds one mode.
+        derive: Stages whose target is written from the reference without the teacher
+            (:func:`~langchain_fslm.training.hindsight.derive`; the teacher writes those it cannot).
 
     Returns:
         Counts of written, skipped and dropped records.
@@ -135,7 +151,12 @@ def distill(
     parsers = [StageOutputParser(output_type=output_type_by_name(s.output_type)) for s in specs]
     resolved = resolve_teacher(teacher)
     out = Path(out)
-    done = _open_output(out, resolved.name)
+    unknown = sorted(set(derive) - set(DERIVABLE))
+    if unknown:
+        raise InvalidInputError(
+            f"cannot derive stage(s) {unknown} from the reference; derivable: {DERIVABLE}"
+        )
+    done = _open_output(out, resolved.name, mode)
     todo = [r for r in rows if record_id(r) not in done]
     stats = DistillStats(skipped=len(rows) - len(todo), dropped={s.name: 0 for s in specs})
     bar = tqdm(total=len(todo), desc=f"distill ({resolved.name})", unit="rec", disable=not progress)
@@ -148,6 +169,7 @@ def distill(
                 "input": s["input"],
                 "reference": r["output"],
                 "teacher": resolved.name,
+                "mode": mode,
                 "stages": {},
             }
             for r, s in zip(batch, states, strict=True)
@@ -159,7 +181,9 @@ def distill(
             if k == len(specs) - 1 and final_target == "reference":
                 texts = [str(batch[i]["output"]) for i in live]
             else:
-                texts = resolved.write(spec, prompts) if live else []
+                texts = _teacher_texts(
+                    resolved, spec, [states[i] for i in live], [batch[i] for i in live], prompts, mode, derive
+                )
             for i, prompt, text in zip(live, prompts, texts, strict=True):
                 record = records[i]
                 assert record is not None
@@ -179,6 +203,33 @@ def distill(
         bar.update(len(batch))
     bar.close()
     return stats
+
+
+def _teacher_texts(
+    teacher: Teacher,
+    spec: StageSpec,
+    states: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    prompts: list[str],
+    mode: str,
+    derive: Sequence[str],
+) -> list[str]:
+    """One stage's targets for a batch.
+
+    Derived from the reference where asked and possible, else the teacher's reply to the stage's prompt
+    (plain mode) or to its hindsight prompt.
+    """
+    texts: list[str | None] = [
+        derive_target(spec.name, str(r["output"])) if spec.name in derive else None for r in rows
+    ]
+    ask = [i for i, t in enumerate(texts) if t is None]
+    if mode == "hindsight":
+        asked = [teacher_prompt(spec, states[i], str(rows[i]["output"])) for i in ask]
+    else:
+        asked = [prompts[i] for i in ask]
+    for i, text in zip(ask, teacher.write(spec, asked) if ask else [], strict=True):
+        texts[i] = text
+    return [t or "" for t in texts]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
