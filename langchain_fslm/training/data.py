@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ def record_id(row: dict[str, Any]) -> str:
     """A stable id of one row (hash of instruction, input and output): the resume key."""
     key = json.dumps([row.get("instruction"), row.get("input"), row.get("output")])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def record_ids(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each row's id, unique in ``rows``: a repeat of an identical row gets ``<id>-2``, ``<id>-3``...
+
+    The ids stay stable across reruns on the same data (a resume skips exactly the rows it finished),
+    and the n-th copy of a row is a record of its own instead of being taken for the first one.
+    """
+    seen: dict[str, int] = {}
+    ids = []
+    for row in rows:
+        base = record_id(row)
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
 
 
 def load_alpaca(path: str | Path) -> list[dict[str, Any]]:

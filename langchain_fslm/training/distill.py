@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import StageOutputParser, output_type_by_name
-from langchain_fslm.training.data import record_id, request_text
+from langchain_fslm.training.data import record_ids, request_text
 from langchain_fslm.training.hindsight import DERIVABLE, teacher_prompt
 from langchain_fslm.training.hindsight import derive as derive_target
 from langchain_fslm.training.teacher import Teacher, resolve_teacher
@@ -157,22 +157,23 @@ def distill(
             f"cannot derive stage(s) {unknown} from the reference; derivable: {DERIVABLE}"
         )
     done = _open_output(out, resolved.name, mode)
-    todo = [r for r in rows if record_id(r) not in done]
+    todo = [(rid, r) for rid, r in zip(record_ids(rows), rows, strict=True) if rid not in done]
     stats = DistillStats(skipped=len(rows) - len(todo), dropped={s.name: 0 for s in specs})
     bar = tqdm(total=len(todo), desc=f"distill ({resolved.name})", unit="rec", disable=not progress)
     for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+        ids = [rid for rid, _ in todo[start : start + batch_size]]
+        batch = [r for _, r in todo[start : start + batch_size]]
         states: list[dict[str, Any]] = [{"input": request_text(r)} for r in batch]
         records: list[dict[str, Any] | None] = [
             {
-                "id": record_id(r),
+                "id": rid,
                 "input": s["input"],
                 "reference": r["output"],
                 "teacher": resolved.name,
                 "mode": mode,
                 "stages": {},
             }
-            for r, s in zip(batch, states, strict=True)
+            for rid, r, s in zip(ids, batch, states, strict=True)
         ]
         lost: list[dict[str, Any]] = []
         for k, (spec, runnable, parser) in enumerate(zip(specs, runnables, parsers, strict=True)):

@@ -450,3 +450,17 @@ def test_bad_handoffs_and_config_sections_are_named(tmp_path):
     cfg.write_text("train: [1, 2]\n")
     with pytest.raises(ConfigError, match=r"\[train\]: the section must be a mapping"):
         load_config(cfg, "train", {})
+
+
+def test_identical_rows_are_records_of_their_own_and_resume_exactly(tmp_path):
+    from langchain_fslm.training.data import record_ids
+
+    rows = [ROWS[0], ROWS[2], dict(ROWS[0]), dict(ROWS[0])]  # issue 26, class 10: one id given three times
+    ids = record_ids(rows)
+    assert len(set(ids)) == 4 and ids[2] == f"{ids[0]}-2" and ids[3] == f"{ids[0]}-3"
+    out = tmp_path / "h.jsonl"
+    stats = distill(rows[:3], CountingTeacher(), out, progress=False)
+    assert stats.written == 3  # before: the copy was skipped as if done, or written under the same id
+    again = distill(rows, CountingTeacher(), out, progress=False)
+    assert (again.skipped, again.written) == (3, 1)
+    assert sorted(r["id"] for r in read_records(out)) == sorted(ids)
