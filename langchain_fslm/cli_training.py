@@ -17,20 +17,48 @@ ConfigOpt = Annotated[
 ]
 
 
+def _h(section: str, field: str, text: str) -> str:
+    """Help text with the config's default (the flags default to None so a config file can set them)."""
+    from langchain_fslm.training.config import DistillConfig, TrainConfig
+
+    model = DistillConfig if section == "distill" else TrainConfig
+    info = model.model_fields[field]
+    if info.is_required():
+        return f"{text} [required, here or in --config]"
+    default = info.get_default(call_default_factory=True)
+    return text if default is None else f"{text} [default: {default}]"
+
+
 def distill(
-    data: Annotated[Optional[Path], typer.Option(help="Alpaca JSON file.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=_h("distill", "data", "Alpaca JSON file."))] = None,
     teacher: Annotated[
         Optional[str],
-        typer.Option(help="hf:embedded, hf:<model>, openai:<model>, ollama:<model>, module:attr"),
+        typer.Option(
+            help=_h(
+                "distill", "teacher", "hf:embedded, hf:<model>, openai:<model>, ollama:<model>, module:attr"
+            )
+        ),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output JSON-lines file (appended, resumable).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help=_h("distill", "out", "Output JSON-lines file (appended, resumable).")),
+    ] = None,
     heldout: Annotated[
-        Optional[int], typer.Option(help="Records held out (seeded), never distilled.")
+        Optional[int],
+        typer.Option(help=_h("distill", "heldout", "Records held out (seeded), never distilled.")),
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the held-out split.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Distil at most this many training records.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Records per teacher batch.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Teacher budget per stage.")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help=_h("distill", "seed", "Seed of the held-out split."))
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help=_h("distill", "limit", "Distil at most this many training records."))
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help=_h("distill", "batch_size", "Records per teacher batch."))
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option(help=_h("distill", "max_new_tokens", "Teacher budget per stage."))
+    ] = None,
     teacher_final: Annotated[
         Optional[bool],
         typer.Option("--teacher-final", help="Last stage learns the teacher's answer, not Alpaca's."),
@@ -94,22 +122,41 @@ def distill(
 
 
 def train(
-    handoffs: Annotated[Optional[Path], typer.Option(help="Records from `fslm distill`.")] = None,
-    base: Annotated[
-        Optional[str], typer.Option(help="Base model (hub id, folder, .gguf, embedded:...).")
+    handoffs: Annotated[
+        Optional[Path], typer.Option(help=_h("train", "handoffs", "Records from `fslm distill`."))
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Stack folder to write.")] = None,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints (default <out>.work).")] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(help=_h("train", "base", "Base model (hub id, folder, .gguf, embedded:...).")),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help=_h("train", "out", "Stack folder to write."))] = None,
+    work_dir: Annotated[
+        Optional[Path], typer.Option(help=_h("train", "work_dir", "Checkpoints (default <out>.work)."))
+    ] = None,
     single: Annotated[bool, typer.Option(help="Train the single-LoRA baseline instead.")] = False,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per adapter.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs per adapter.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per step per device.")] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
-    target_modules: Annotated[Optional[str], typer.Option(help="Comma-separated LoRA targets.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per example.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Training seed.")] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option(help=_h("train", "max_steps", "Optimizer steps per adapter."))
+    ] = None,
+    epochs: Annotated[
+        Optional[float], typer.Option(help=_h("train", "epochs", "Epochs per adapter."))
+    ] = None,
+    learning_rate: Annotated[
+        Optional[float], typer.Option(help=_h("train", "learning_rate", "Learning rate."))
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help=_h("train", "batch_size", "Examples per step per device."))
+    ] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help=_h("train", "lora_r", "LoRA rank."))] = None,
+    target_modules: Annotated[
+        Optional[str], typer.Option(help=_h("train", "target_modules", "Comma-separated LoRA targets."))
+    ] = None,
+    save_steps: Annotated[
+        Optional[int], typer.Option(help=_h("train", "save_steps", "Checkpoint every N steps."))
+    ] = None,
+    max_length: Annotated[
+        Optional[int], typer.Option(help=_h("train", "max_length", "Max tokens per example."))
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_h("train", "seed", "Training seed."))] = None,
     bf16: Annotated[
         Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast (default: where fast).")
     ] = None,

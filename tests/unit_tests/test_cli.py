@@ -176,3 +176,10 @@ def test_library_deprecation_notices_do_not_reach_the_user(tiny_model_dir, tiny_
 def test_help_shows_flags_without_type_noise():
     result = runner.invoke(app, ["run", "--help"])
     assert "--show-handoffs / --no-show-handoffs" in result.output and "<bool>" not in result.output
+
+
+def test_help_shows_the_config_defaults_of_distill_and_train():
+    distill = runner.invoke(app, ["distill", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: 200]" in distill and "[default: hf:embedded]" in distill
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: 0.0002]" in train and "[default: embedded:smollm2-135m-instruct]" in train
