@@ -95,7 +95,12 @@ def test_cli_write_error_is_clean(stack_dir, tmp_path):
 
 def test_scaling_doc_shows_the_script_as_written():
     modules = [
-        LoraModule(stage=s, path=f"/data/my-stack/adapters/{s}", rank=8, target_modules=["q_proj", "v_proj"])
+        LoraModule(
+            stage=s,
+            path=f"/data/my-stack/adapters/{s}",
+            rank=8,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        )  # what fslm train targets
         for s in ("intent", "key_points", "draft", "answer")
     ]
     plan = VllmPlan(base="HuggingFaceTB/SmolLM2-135M-Instruct", modules=modules, base_stages=[])

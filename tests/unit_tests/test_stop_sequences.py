@@ -54,7 +54,7 @@ def test_a_manifest_with_an_empty_stop_names_file_and_field(stack, tmp_path):
     manifest = json.loads((folder / "fslm_stack.json").read_text())
     manifest["stages"][1]["generation"]["stop"] = [""]
     (folder / "fslm_stack.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match=r"fslm_stack.json.*stages.1.generation.stop.*non-empty"):
+    with pytest.raises(ManifestError, match=r"fslm_stack.json.*stages\[key_points\].generation.stop.*non-"):
         FSLMChain.from_pretrained(folder)
 
 
