@@ -45,6 +45,8 @@ class StageSpec(BaseModel):
         parse_retries: How many times to regenerate (sampling) when the output does not parse.
         on_parse_error: After the retries, ``raise`` a :class:`StageOutputError`, or ``pass_raw``:
             hand the raw text on and flag it in the handoff event.
+        constrained: Generate under the output type's constraint where the engine can (default); False
+            generates free text, which the type's validator then checks.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +60,7 @@ class StageSpec(BaseModel):
     backend: Literal["local", "remote"] = "local"
     parse_retries: int = Field(default=1, ge=0, le=10)
     on_parse_error: Literal["raise", "pass_raw"] = "raise"
+    constrained: bool = True
 
     @field_validator("prompt")
     @classmethod

@@ -27,11 +27,18 @@ def _clean(text: str) -> str:
 
 
 class StageOutput(BaseModel):
-    """Base class of stage output types. Subclasses parse from and render to plain text."""
+    """Base class of stage output types. Subclasses parse from and render to plain text.
+
+    Attributes:
+        type_name: The name manifests use for the type.
+        output_constraint: What a stage of this type may generate (see :meth:`constraint`); None for free
+            text. :func:`register_output_type` can set it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     type_name: ClassVar[str] = "text"
+    output_constraint: ClassVar[OutputConstraint | None] = None
 
     @classmethod
     def from_text(cls, text: str) -> StageOutput:
@@ -51,9 +58,9 @@ class StageOutput(BaseModel):
         """What the stage may generate, enforced while decoding where the engine can (None: free text).
 
         :meth:`from_text` stays the validator: it rejects text outside the constraint when an engine
-        could not enforce it.
+        could not enforce it. The default is the class's ``output_constraint``.
         """
-        return None
+        return cls.output_constraint
 
     def __str__(self) -> str:
         return self.as_text()
@@ -112,34 +119,67 @@ class TextStream:
         return "" if self._started else _clean(self._head)
 
 
+INTENT_PATTERN = r"[^\s.!?][^\n.!?]{7,140}[.?!]"
+"""What an intent may be while decoding: one sentence on one line, 9 to 142 characters, with no other
+sentence end inside it (a model that writes a second sentence has started to answer)."""
+
+_SENTENCE_END = re.compile(r"[.!?]\s+\S")
+_BULLET_LINE = r"- [^\n]{3,100}"
+KEY_POINTS_PATTERN = rf"(?:{_BULLET_LINE}\n){{1,3}}{_BULLET_LINE}\n?"
+"""What key points may be while decoding: two to four lines, each starting with ``- ``."""
+
+
 class Intent(Text):
-    """What the request asks for, in one sentence."""
+    """What the request asks for, in one sentence (not its answer).
+
+    Generated under :data:`INTENT_PATTERN`; :meth:`from_text` accepts one line of one sentence, ending in
+    ``.``, ``?`` or ``!`` (after an optional ``Intent:`` label).
+    """
 
     type_name: ClassVar[str] = "intent"
+    output_constraint: ClassVar[OutputConstraint | None] = OutputConstraint.from_regex(
+        INTENT_PATTERN, name="intent: one sentence"
+    )
 
     @classmethod
     def from_text(cls, text: str) -> Intent:  # noqa: D102
-        for line in text.splitlines():
-            cleaned = _clean(line)
-            if cleaned:
-                return cls(text=cleaned)
-        raise ValueError("no sentence describing the request")
+        cleaned = _clean(text)
+        if not cleaned:
+            raise ValueError("no sentence describing the request")
+        if "\n" in cleaned:
+            raise ValueError("an intent is one line (the text has several)")
+        if not 8 <= len(cleaned) <= 200:
+            raise ValueError(f"an intent is one sentence of 8 to 200 characters, not {len(cleaned)}")
+        if cleaned[-1] not in ".?!":
+            raise ValueError("an intent is one finished sentence (it must end with '.', '?' or '!')")
+        if _SENTENCE_END.search(cleaned):
+            raise ValueError("an intent is one sentence (the text has several)")
+        return cls(text=cleaned)
 
 
 class KeyPoints(StageOutput):
-    """The points a good answer must cover."""
+    """The two to four points a good answer must cover.
+
+    Generated under :data:`KEY_POINTS_PATTERN`; :meth:`from_text` accepts two to four bulleted lines
+    (``-``, ``*``, ``•`` or ``1.`` bullets, rewritten as ``- ``) and nothing else.
+    """
 
     type_name: ClassVar[str] = "key_points"
+    output_constraint: ClassVar[OutputConstraint | None] = OutputConstraint.from_regex(
+        KEY_POINTS_PATTERN, name="key_points: 2-4 lines starting with '- '"
+    )
     points: list[str] = Field(min_length=1)
 
     @classmethod
     def from_text(cls, text: str) -> KeyPoints:  # noqa: D102
         lines = [line for line in text.splitlines() if line.strip()]
-        points = [m.group(1) for line in lines if (m := _BULLET.match(line))]
-        if not points:  # a model that forgets the bullets still wrote the points, one per line
-            points = [_clean(line) for line in lines if _clean(line)]
-        if not points:
-            raise ValueError("no key points found (expected one point per line)")
+        matches = [_BULLET.match(line) for line in lines]
+        loose = [line.strip() for line, m in zip(lines, matches, strict=True) if m is None]
+        if loose:
+            raise ValueError(f"every key point is a line starting with '- '; this one is not: {loose[0]!r}")
+        points = [m.group(1) for m in matches if m is not None]
+        if not 2 <= len(points) <= 4:
+            raise ValueError(f"expected two to four key points, found {len(points)}")
         return cls(points=points)
 
     def as_text(self) -> str:  # noqa: D102
@@ -163,13 +203,29 @@ OUTPUT_TYPES: dict[str, type[StageOutput]] = {
 }
 
 
-def register_output_type(output_type: type[StageOutput]) -> type[StageOutput]:
+def register_output_type(
+    output_type: type[StageOutput] | None = None, *, constraint: OutputConstraint | None = None
+) -> Any:
     """Register a custom output type so stack manifests can name it (usable as a decorator).
 
     Only registered types can be named in a manifest: loading a stack never imports code.
+
+    Args:
+        output_type: The type (omit it to use ``@register_output_type(constraint=...)`` as a decorator).
+        constraint: What stages of the type may generate (sets its ``output_constraint``); the type's
+            :meth:`StageOutput.from_text` must accept every text of it and reject the rest.
+
+    Returns:
+        The type (or, without one, the decorator).
     """
-    OUTPUT_TYPES[output_type.type_name] = output_type
-    return output_type
+
+    def register(cls: type[StageOutput]) -> type[StageOutput]:
+        if constraint is not None:
+            cls.output_constraint = constraint
+        OUTPUT_TYPES[cls.type_name] = cls
+        return cls
+
+    return register if output_type is None else register(output_type)
 
 
 def output_type_by_name(name: str) -> type[StageOutput]:
@@ -213,7 +269,9 @@ class StageOutputParser(BaseOutputParser[StageOutput]):
     def get_format_instructions(self) -> str:
         """Plain-text format hint (stages put format wording in their prompts instead)."""
         if issubclass(self.output_type, KeyPoints):
-            return "Write one point per line, each starting with '- '."
+            return "Write two to four points, one per line, each starting with '- '."
+        if issubclass(self.output_type, Intent):
+            return "Write one sentence."
         return "Write plain text."
 
     @property

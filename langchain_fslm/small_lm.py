@@ -27,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, check_stops
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import PromptTooLongError
 from langchain_fslm.inputs import messages_to_text
 
@@ -65,6 +66,8 @@ class SmallLM(BaseChatModel):
         generation: Generation settings; ``temperature``, ``max_tokens``, ``seed`` and ``stop`` may be
             overridden per call.
         stage: Name of the stage this model serves, for error messages and traces.
+        constraint: What the model may write, sent with each request to an engine that can constrain
+            (``capabilities().constrained``); None for free text.
         model_name: Name reported in traces and usage (default: the base model, ``+adapter``).
 
     Example:
@@ -83,6 +86,7 @@ class SmallLM(BaseChatModel):
     adapter: str | None = None
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     stage: str | None = None
+    constraint: OutputConstraint | None = None
     model_name: str | None = Field(default=None, alias="model")
 
     @property
@@ -136,7 +140,15 @@ class SmallLM(BaseChatModel):
             config=self._config(stop, **kwargs),
             system=system,
             stage=self.stage,
+            constraint=self.constraint if self._constrains else None,
         )
+
+    @property
+    def _constrains(self) -> bool:
+        """Whether requests carry the constraint (the engine enforces it; others would ignore it)."""
+        from langchain_fslm.engine.registry import capabilities_of
+
+        return self.constraint is not None and capabilities_of(self.engine).constrained
 
     def _message(self, generation: Generation, latency_s: float) -> AIMessage:
         return AIMessage(
@@ -147,6 +159,7 @@ class SmallLM(BaseChatModel):
                 "model_provider": "fslm",
                 "finish_reason": generation.finish_reason,
                 "latency_s": latency_s,
+                **({"constraint": self.constraint.describe()} if self._constrains and self.constraint else {}),
             },
         )
 

@@ -24,6 +24,7 @@ from langchain_core.runnables.base import RunnableBindingBase
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.engine.base import GenerationConfig, check_stops
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import OUTPUT_TYPES, StageOutput, StageOutputParser, output_type_by_name
@@ -48,7 +49,16 @@ BATCH_CONCURRENCY = 32
 """Rows ``batch`` runs at once (LangChain runs them in threads; the local engine's micro-batcher merges
 their requests into one forward pass of up to this many rows). A call's ``max_concurrency`` overrides it."""
 
-_SPEC_FIELDS = ("name", "prompt", "generation", "system", "parse_retries", "on_parse_error", "backend")
+_SPEC_FIELDS = (
+    "name",
+    "prompt",
+    "generation",
+    "system",
+    "parse_retries",
+    "on_parse_error",
+    "backend",
+    "constrained",
+)
 
 
 class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
@@ -101,6 +111,11 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
             # LangChain's default (cores + 4 threads) would split a batch into rounds of a few rows
             config={"max_concurrency": BATCH_CONCURRENCY},
         )
+        if self.constraint is not None and engine is not None:
+            from langchain_fslm.engine.registry import capabilities_of
+
+            if capabilities_of(engine).constrained:  # a bad grammar fails here, before any generation
+                engine.check_constraint(self.constraint, spec.name)
         self.bound = self.pipeline()
 
     # ----------------------------------------------------------------------------- the spec's fields
@@ -128,6 +143,11 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
     def on_parse_error(self) -> str:
         """``raise`` or ``pass_raw`` once retries are spent."""
         return self.spec.on_parse_error
+
+    @property
+    def constraint(self) -> OutputConstraint | None:
+        """What the stage may generate: its output type's constraint, unless the spec turns it off."""
+        return self.output_type.constraint() if self.spec.constrained else None
 
     @classmethod
     def from_spec(cls, spec: StageSpec, engine: Any, adapter: str | None = None) -> SLMRunnable:
@@ -178,7 +198,11 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
         if self.engine is None:
             raise InvalidInputError(f"Stage {self.spec.name!r} has no engine; pass engine=...")
         return SmallLM(
-            engine=self.engine, adapter=self.adapter, generation=self.generation, stage=self.spec.name
+            engine=self.engine,
+            adapter=self.adapter,
+            generation=self.generation,
+            stage=self.spec.name,
+            constraint=self.constraint,
         )
 
     def values(self, state: StageInput, stop: list[str] | str | None = None, **kwargs: Any) -> dict[str, Any]:

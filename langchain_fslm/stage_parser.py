@@ -93,6 +93,21 @@ def reply_counts(message: BaseMessage | None) -> tuple[int, int, float]:
     return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)), latency
 
 
+def _check_complete(message: BaseMessage | None) -> None:
+    """Refuse a constrained reply the token budget cut short: its text is unfinished, even where it parses
+    (an integer, two of four bullets).
+
+    Raises:
+        OutputParserException: Naming the constraint and the budget.
+    """
+    metadata = getattr(message, "response_metadata", None) or {}
+    if metadata.get("constraint") and metadata.get("finish_reason") == "length":
+        raise OutputParserException(
+            f"the token budget ran out before the text of {metadata['constraint']} was complete "
+            "(raise the stage's max_new_tokens)"
+        )
+
+
 class _RawStream:
     """Passes streamed pieces through unchanged."""
 
@@ -162,6 +177,7 @@ class StageParser(BaseTransformOutputParser[Any]):
             latency += prior.latency_s
             attempts += prior.attempts
         try:
+            _check_complete(message)
             value = StageOutputParser(output_type=self.output_type).parse(raw)
         except OutputParserException as err:
             reason = str(err).split("\nFor troubleshooting")[0]  # the error adds its own link again

@@ -26,8 +26,9 @@ class OutputConstraint(BaseModel):
     Attributes:
         kind: ``json_schema`` (the text is one JSON value of the schema), ``regex`` (the whole text matches
             the pattern) or ``lark`` (the text is a sentence of the grammar, llguidance's lark dialect).
-        value: The pattern or grammar; for ``json_schema`` the schema as canonical JSON (sorted keys), so
-            equal schemas are equal constraints.
+        value: The pattern or grammar; for ``json_schema`` the schema as compact JSON in its own key order
+            (a constrained model writes properties in that order, and a small model writes them best in
+            the order their schema declares them).
         name: What the constraint is for (a type or schema title), for error messages.
     """
 
@@ -41,7 +42,7 @@ class OutputConstraint(BaseModel):
     def from_json_schema(cls, schema: dict[str, Any], name: str | None = None) -> OutputConstraint:
         """A constraint to one JSON value of ``schema``."""
         title = name or schema.get("title")
-        return cls(kind="json_schema", value=json.dumps(schema, sort_keys=True), name=title)
+        return cls(kind="json_schema", value=json.dumps(schema, separators=(",", ":")), name=title)
 
     @classmethod
     def from_regex(cls, pattern: str, name: str | None = None) -> OutputConstraint:

@@ -21,6 +21,8 @@ from typing import Any
 from langchain_fslm.engine.base import Engine, EngineCapabilities, Generation, GenerationRequest
 from langchain_fslm.engine.batcher import MicroBatcher
 from langchain_fslm.engine.compiled import CompiledDecode
+from langchain_fslm.engine.constraint import OutputConstraint
+from langchain_fslm.engine.local_constraints import GrammarCompiler
 from langchain_fslm.engine.local_adapters import BASE_ADAPTER, LocalAdapters
 from langchain_fslm.engine.local_generate import LocalGeneration
 from langchain_fslm.engine.prompt_fit import PromptFit
@@ -108,6 +110,10 @@ class LocalEngine(LocalGeneration, Engine):
         self.lock = threading.RLock()
         self.tokenizer_lock = threading.RLock()
         self.compiled = CompiledDecode() if compile_decode else None
+        self.grammars = None
+        if GrammarCompiler.supports(self.tokenizer):
+            vocab = int(getattr(model.config, "vocab_size", 0) or len(self.tokenizer))
+            self.grammars = GrammarCompiler(self.tokenizer, vocab, sorted(self._eos_ids()))
         self.batcher: MicroBatcher[tuple[GenerationRequest, str], Generation] | None = None
         if batch_window_ms is not None:
             self.batcher = MicroBatcher(
@@ -130,10 +136,24 @@ class LocalEngine(LocalGeneration, Engine):
         return cls(model, tokenizer, base_ref=ref, **kwargs)
 
     def capabilities(self) -> EngineCapabilities:
-        """Everything: scoring, in-process adapters, the model's own tokenizer, compiled decoding."""
+        """Everything: scoring, in-process adapters, the model's own tokenizer, compiled decoding, and
+        constrained decoding where llguidance can read the tokenizer (a fast one)."""
         return EngineCapabilities(
-            loglikelihood=True, local_adapters=True, token_counts_exact=True, compile_decode=True
+            loglikelihood=True,
+            local_adapters=True,
+            token_counts_exact=True,
+            compile_decode=True,
+            constrained=self.grammars is not None,
         )
+
+    def check_constraint(self, constraint: OutputConstraint, stage: str | None = None) -> None:
+        """Compile ``constraint`` against this model's tokenizer now (cached for generation).
+
+        Raises:
+            ConstraintError: Naming the stage and the constraint, with llguidance's reason.
+        """
+        if self.grammars is not None:
+            self.grammars.grammar(constraint, stage)
 
     def enable_compile_decode(self) -> None:
         """Turn compiled decoding on (see ``compile_decode``), for every stack that shares this engine.
@@ -160,9 +180,13 @@ class LocalEngine(LocalGeneration, Engine):
         Raises:
             PromptTooLongError: If a prompt does not fit (see :meth:`fit`).
             AdapterError: If a request names an adapter that is not loaded.
+            ConstraintError: If a request's constraint cannot be compiled.
         """
         prepared = [(r, self.fit(r)) for r in requests]
         self._adapter_kwargs([r.adapter for r in requests])  # fail fast, in the caller's thread
+        for r in requests:  # also in the caller's thread: a bad grammar must not fail a merged batch
+            if r.constraint is not None:
+                self.check_constraint(r.constraint, r.stage)
         if self.batcher is None or any(r.config.temperature > 0 for r in requests):
             with self.lock:
                 return self._generate_prepared(prepared)

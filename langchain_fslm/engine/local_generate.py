@@ -21,6 +21,7 @@ from langchain_fslm.engine.base import (
 )
 from langchain_fslm.engine.compiled import CompiledDecode
 from langchain_fslm.engine.local_adapters import LocalAdapters
+from langchain_fslm.engine.local_constraints import ConstrainedRows, GrammarCompiler
 from langchain_fslm.engine.prompt_fit import PromptFit
 
 if TYPE_CHECKING:
@@ -62,7 +63,17 @@ class LocalGeneration(PromptFit, LocalAdapters):
     """
 
     compiled: CompiledDecode | None
+    grammars: GrammarCompiler | None
     max_batch_size: int
+
+    def _constrained(self, batch: list[GenerationRequest], prompt_len: int) -> ConstrainedRows | None:
+        """The logits processor for the batch's constrained rows (None when no row has a constraint)."""
+        if self.grammars is None or all(r.constraint is None for r in batch):
+            return None
+        matchers = [
+            None if r.constraint is None else self.grammars.matcher(r.constraint, r.stage) for r in batch
+        ]
+        return ConstrainedRows(matchers, prompt_len, sorted(self._eos_ids()))
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -112,6 +123,9 @@ class LocalGeneration(PromptFit, LocalAdapters):
                 kwargs.update(self._adapter_kwargs(adapters))
             if any(stops):
                 kwargs["stopping_criteria"] = [_stopping_criteria(self.tokenizer, stops, prompt_len)]
+            constrained = self._constrained(batch, prompt_len)
+            if constrained is not None:
+                kwargs["logits_processor"] = [constrained]
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             with scope, torch.inference_mode():
@@ -125,6 +139,10 @@ class LocalGeneration(PromptFit, LocalAdapters):
                 if tok in eos:
                     new, finish = new[:j], "stop"
                     break
+            if request.constraint is not None and self.grammars is not None:
+                # the last sampled token never reached the processor: judge the whole text afresh
+                done = self.grammars.finished(request.constraint, new, ended=finish == "stop")
+                finish = "stop" if done else "length"
             with self.tokenizer_lock:
                 text = str(self.tokenizer.decode(new, skip_special_tokens=True)).lstrip()
             text, hit = cut_at_stop(text, request.config.stop)
@@ -167,6 +185,9 @@ class LocalGeneration(PromptFit, LocalAdapters):
             kwargs["stopping_criteria"] = [
                 _stopping_criteria(self.tokenizer, [list(config.stop)], encoded["input_ids"].shape[1])
             ]
+        constrained = self._constrained([request], encoded["input_ids"].shape[1])
+        if constrained is not None:
+            kwargs["logits_processor"] = [constrained]
         errors: list[BaseException] = []
 
         def run() -> None:
