@@ -46,13 +46,15 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
         )
 
     return [
-        # upstream handoffs that still fail their type after a retry (a budget too small for a sentence)
-        # are handed on raw and flagged, so the answer still comes; the answer stage is free text
+        # constrained upstream stages fail only when the budget cuts their text: a retry would cost a
+        # generation and rarely fits better, so the unfinished handoff is handed on raw and flagged and the
+        # answer still comes (the answer stage is free text)
         StageSpec(
             name="intent",
             prompt=INTENT_PROMPT,
             output_type="intent",
             generation=gen(48, ["\n"]),
+            parse_retries=0,
             on_parse_error="pass_raw",
         ),
         StageSpec(
@@ -60,6 +62,7 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
             prompt=KEY_POINTS_PROMPT,
             output_type="key_points",
             generation=gen(96, ["\n\n"]),
+            parse_retries=0,
             on_parse_error="pass_raw",
         ),
         StageSpec(name="draft", prompt=DRAFT_PROMPT, output_type="draft", generation=gen(128)),

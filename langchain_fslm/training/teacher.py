@@ -32,14 +32,26 @@ class Teacher(Protocol):
 
 
 class EngineTeacher:
-    """A local model run through an engine, with each stage's own generation settings."""
+    """A local model run through an engine, with each stage's own generation settings and, where the engine
+    can constrain, under the stage's output type (so a small teacher writes texts of the type)."""
 
     def __init__(self, engine: Any, name: str) -> None:
         self.engine = engine
         self.name = name
 
     def write(self, spec: StageSpec, prompts: Sequence[str]) -> list[str]:  # noqa: D102
-        requests = [GenerationRequest(prompt=p, config=spec.generation, system=spec.system) for p in prompts]
+        from langchain_fslm.engine.registry import capabilities_of
+        from langchain_fslm.outputs import output_type_by_name
+
+        constraint = output_type_by_name(spec.output_type).constraint() if spec.constrained else None
+        if not capabilities_of(self.engine).constrained:
+            constraint = None
+        requests = [
+            GenerationRequest(
+                prompt=p, config=spec.generation, system=spec.system, stage=spec.name, constraint=constraint
+            )
+            for p in prompts
+        ]
         return [g.text for g in self.engine.generate(requests)]
 
 

@@ -159,7 +159,9 @@ def test_no_engine_class_checks_outside_the_registry():
 def test_policies_are_set_with_ordinary_arguments(stack):
     lenient = stack.with_stage("intent", parse_retries=0, on_parse_error="pass_raw").with_handoffs()
     assert lenient.stages[0].spec.on_parse_error == "pass_raw" and lenient.stages[0].parse_retries == 0
-    assert stack.stages[0].spec.on_parse_error == "raise"  # the original is unchanged
+    strict = stack.with_stage("intent", on_parse_error="raise")
+    assert strict.stages[0].spec.on_parse_error == "raise"
+    assert stack.stages[0].spec.on_parse_error == "pass_raw"  # the original (the default's) is unchanged
     assert isinstance(lenient.invoke("Why?"), type(stack.with_handoffs().invoke("Why?")))
     with pytest.raises(ValueError, match="no stage 'nope'"):
         stack.with_stage("nope", parse_retries=2)

@@ -47,7 +47,11 @@ def test_every_engine_is_an_engine_with_a_kind_and_capabilities(engine):
     if isinstance(engine, LocalEngine):
         assert engine.kind == "local"
         assert caps == EngineCapabilities(
-            loglikelihood=True, local_adapters=True, token_counts_exact=True, compile_decode=True
+            loglikelihood=True,
+            local_adapters=True,
+            token_counts_exact=True,
+            compile_decode=True,
+            constrained=True,
         )
     else:
         assert engine.kind == "remote"

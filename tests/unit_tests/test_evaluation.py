@@ -385,7 +385,8 @@ def test_compare_scores_a_failed_call_wrong_and_goes_on():
 
 
 class UpstreamFailsEngine:
-    """The tiny engine, except that prompts holding one of ``bad`` get a blank reply (no stage parses it)."""
+    """The tiny engine, except that prompts holding one of ``bad`` get a blank reply (no stage parses it) and
+    the other intents are one finished sentence (a 4-token random one under the constraint is cut)."""
 
     def __init__(self, inner, bad: tuple[str, ...]):
         self.inner, self.bad = inner, bad
@@ -398,7 +399,11 @@ class UpstreamFailsEngine:
 
         out = self.inner.generate(requests)
         blank = [any(b in r.prompt for b in self.bad) for r in requests]
-        return [Generation(text="  ") if b else g for b, g in zip(blank, out, strict=True)]
+        intent = Generation(text="It asks a question.", finish_reason="stop")
+        return [
+            Generation(text="  ") if b else intent if r.stage == "intent" else g
+            for b, g, r in zip(blank, out, requests, strict=True)
+        ]
 
 
 def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
@@ -407,6 +412,7 @@ def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
     items = {task: load_task(task, limit=2) for task in ("arc_easy", "gsm8k")}
     engine = UpstreamFailsEngine(tiny_engine, (items["arc_easy"][0].question, items["gsm8k"][1].question))
     specs = [s for s in default_stage_specs(4) if s.name in ("intent", "answer")]
+    specs[0].on_parse_error = "raise"  # the default hands an unparsed intent on; this stack must not
     specs[1].prompt = "Request: {input}\nWhat is asked: {intent}\n\nAnswer."
     lm = FSLMLM(stack=FSLMChain.from_specs(specs, engine=engine), scoring="stack", max_gen_toks=4)
     results = evaluate(lm, ["arc_easy", "gsm8k"], limit=2)  # was: StageOutputError from 'intent'

@@ -115,7 +115,7 @@ def test_cli_hindsight_flags(tmp_path, tiny_model_dir):
         "--limit",
         "1",
         "--max-new-tokens",
-        "3",
+        "150",  # a random model finishes an intent under its constraint
         "--hindsight",
         "--derive",
         "key_points",

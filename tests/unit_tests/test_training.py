@@ -42,6 +42,8 @@ class CountingTeacher:
                 texts.append("   ")  # does not parse as an Intent
             elif spec.name == "key_points":
                 texts.append("- first point\n- second point")
+            elif spec.name == "intent":
+                texts.append("It asks for the names of some fruits.")
             else:
                 texts.append(f"{spec.name} text")
         return texts
@@ -77,7 +79,7 @@ def test_distill_drops_unparseable_records_and_resumes_without_redoing(tmp_path)
 def test_distill_with_a_langchain_chat_model_and_a_local_model(tmp_path, tiny_model_dir):
     from langchain_core.language_models import FakeListChatModel
 
-    chat = FakeListChatModel(responses=["It asks for fruit.\nextra", "- apple", "Apples."])
+    chat = FakeListChatModel(responses=["It asks for fruit.\nextra", "- apple\n- pear", "Apples."])
     stats = distill(ROWS[:1], chat, tmp_path / "a.jsonl", progress=False)
     rec = read_records(tmp_path / "a.jsonl")[0]
     assert stats.written == 1 and rec["stages"]["intent"]["target"] == "It asks for fruit."  # stop "\n"
@@ -238,8 +240,9 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
         "4",
         "--limit",
         "3",
+        # enough for a random model to finish an intent and key points under their constraints
         "--max-new-tokens",
-        "4",
+        "150",
     ]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
