@@ -26,8 +26,8 @@ class OutputConstraint(BaseModel):
     Attributes:
         kind: ``json_schema`` (the text is one JSON value of the schema), ``regex`` (the whole text matches
             the pattern) or ``lark`` (the text is a sentence of the grammar, llguidance's lark dialect).
-        value: The pattern or grammar; for ``json_schema`` the schema as canonical JSON (sorted keys), so
-            equal schemas are equal constraints.
+        value: The pattern or grammar; for ``json_schema`` the schema as JSON (sorted keys by default, so
+            equal schemas are equal constraints; in declared order where the order matters).
         name: What the constraint is for (a type or schema title), for error messages.
     """
 
@@ -38,10 +38,21 @@ class OutputConstraint(BaseModel):
     name: str | None = None
 
     @classmethod
-    def from_json_schema(cls, schema: dict[str, Any], name: str | None = None) -> OutputConstraint:
-        """A constraint to one JSON value of ``schema``."""
+    def from_json_schema(
+        cls, schema: dict[str, Any], name: str | None = None, *, sort_keys: bool = True
+    ) -> OutputConstraint:
+        """A constraint to one JSON value of ``schema``.
+
+        Args:
+            schema: The JSON schema.
+            name: What it is for (default: its ``title``).
+            sort_keys: Store the schema with sorted keys, so equal schemas are equal constraints. Pass
+                False to keep the declared order: a decoding library writes an object's properties in
+                the order of ``properties``, and a small model fills a form best in the order its author
+                wrote it (structured output and tool calls do).
+        """
         title = name or schema.get("title")
-        return cls(kind="json_schema", value=json.dumps(schema, sort_keys=True), name=title)
+        return cls(kind="json_schema", value=json.dumps(schema, sort_keys=sort_keys), name=title)
 
     @classmethod
     def from_regex(cls, pattern: str, name: str | None = None) -> OutputConstraint:
