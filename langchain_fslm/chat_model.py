@@ -70,7 +70,7 @@ class ChatFSLM(BaseChatModel):
     streaming: bool = False
     model_name: str | None = Field(default=None, alias="model")
     structured: Any = Field(default=None, exclude=True)
-    """Set by :meth:`with_structured_output`: ``(schema, parser, on_parse_error)`` for the last stage."""
+    """Set by :meth:`with_structured_output`: a :class:`langchain_fslm.structured.Structured` setting."""
 
     _stacks: CallStacks = PrivateAttr(default_factory=CallStacks)
 
@@ -250,25 +250,28 @@ class ChatFSLM(BaseChatModel):
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
-        """A runnable whose reply is parsed into ``schema`` by the last stage's parser.
+        """A runnable whose reply is generated under ``schema`` and parsed into it.
 
-        The last stage's prompt asks for the format and its output type becomes ``schema``, so a reply that
-        does not parse is regenerated (the stage's ``parse_retries``) and then raises
-        :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last reply is
-        returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
-        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from plain text; a pydantic
-        model, TypedDict or JSON schema dict from JSON.
+        The last stage generates under the schema's constraint (an engine that constrains decoding can only
+        write a valid object; see ``capabilities().constrained``), its prompt names the form with a compact
+        example, and its parser reads the reply strictly: unfinished JSON (a budget that ran out) is an error,
+        never a truncated object. A reply that does not parse is regenerated (the stage's ``parse_retries``)
+        and then raises :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last
+        reply is returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
+        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from its own plain-text format.
 
         Args:
-            schema: The output schema (None only with ``method="json_mode"``).
+            schema: A pydantic model (returns instances), a TypedDict or JSON-schema dict (returns dicts),
+                or a StageOutput subclass; None only with ``method="json_mode"`` (any JSON object).
             include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
-            method: ``json_schema``, ``function_calling`` or ``json_mode``; a small local model has no
-                tool calling or JSON mode, so all three prompt for the format and parse the text.
-            strict: Accepted for API compatibility (parsing is always strict).
+            method: ``json_schema``, ``function_calling`` or ``json_mode``: all three constrain the last
+                stage to the schema.
+            strict: Accepted for API compatibility (the constraint and the parsing are always strict).
             **kwargs: Not supported.
 
         Raises:
-            ValueError: For unknown arguments, methods or schemas.
+            ValueError: For unknown arguments or methods.
+            ConstraintError: For a recursive or unsupported schema, naming it, before any generation.
         """
         from langchain_fslm.structured import structured_chat
 

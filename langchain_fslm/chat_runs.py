@@ -159,11 +159,8 @@ class CallStacks:
 
 
 def _variant(stack: FSLMChain, structured: Any, settings: CallSettings) -> FSLMChain:
-    from langchain_fslm.structured import structured_stage
-
-    if structured is not None:
-        schema, parser, on_parse_error = structured
-        typed = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
+    if structured is not None:  # a structured.Structured setting
+        typed = structured.stage(stack.stages[-1])
         stack = stack.model_copy(update={"stages": [*stack.stages[:-1], typed]})
     stops = [*stack.stages[-1].generation.stop, *settings.stop]
     return stack.with_generation(

@@ -124,7 +124,7 @@ def test_structured_output_pydantic_parses_json_and_retries(tmp_path):
     result = chat.with_structured_output(Joke).invoke("Tell me a joke")
     assert result == Joke(setup="Why?", punchline="Because.")
     assert len(engine.prompts) == 2  # the first reply did not parse: the stage regenerated
-    assert '"setup": string' in engine.prompts[0]
+    assert '"setup": <string>' in engine.prompts[0]
 
 
 def test_structured_output_include_raw_and_failure():
