@@ -27,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.engine.base import Generation, GenerationConfig, GenerationRequest, check_stops
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import PromptTooLongError
 from langchain_fslm.inputs import messages_to_text
 
@@ -84,6 +85,8 @@ class SmallLM(BaseChatModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     stage: str | None = None
     model_name: str | None = Field(default=None, alias="model")
+    constraint: OutputConstraint | None = None
+    """What the replies may be (sent with each request; the stage's output type's ``constraint()``)."""
 
     @property
     def _llm_type(self) -> str:
@@ -136,6 +139,7 @@ class SmallLM(BaseChatModel):
             config=self._config(stop, **kwargs),
             system=system,
             stage=self.stage,
+            constraint=self.constraint,
         )
 
     def _message(self, generation: Generation, latency_s: float) -> AIMessage:

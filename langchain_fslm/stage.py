@@ -178,7 +178,11 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
         if self.engine is None:
             raise InvalidInputError(f"Stage {self.spec.name!r} has no engine; pass engine=...")
         return SmallLM(
-            engine=self.engine, adapter=self.adapter, generation=self.generation, stage=self.spec.name
+            engine=self.engine,
+            adapter=self.adapter,
+            generation=self.generation,
+            stage=self.spec.name,
+            constraint=self.output_type.constraint(),
         )
 
     def values(self, state: StageInput, stop: list[str] | str | None = None, **kwargs: Any) -> dict[str, Any]:
