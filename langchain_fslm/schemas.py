@@ -22,7 +22,15 @@ from typing import Any
 from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import ConstraintError
 
-__all__ = ["check_text", "constraint_schema", "example_of", "json_constraint", "parse_json", "schema_name"]
+__all__ = [
+    "check_text",
+    "constraint_schema",
+    "example_of",
+    "json_constraint",
+    "parse_json",
+    "schema_name",
+    "unfence",
+]
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 _DEFS = ("$defs", "definitions")
@@ -200,6 +208,13 @@ def check_text(constraint: OutputConstraint, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading JSON
+def unfence(text: str) -> str:
+    """The text stripped, and the inside of a markdown code fence if it is one."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    return fenced.group(1).strip() if fenced else body
+
+
 def parse_json(text: str) -> Any:
     """One JSON value: the whole text (or the inside of one markdown code fence), parsed strictly.
 
@@ -208,10 +223,7 @@ def parse_json(text: str) -> Any:
     Raises:
         ValueError: For text that is not one complete JSON value, saying which (unfinished, trailing text).
     """
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
+    body = unfence(text)
     if not body:
         raise ValueError("the reply is empty (expected JSON)")
     try:
