@@ -28,6 +28,7 @@ from langchain_fslm.chat_runs import (
     last_chunk,
     reply_result,
     start_stream_run,
+    tool_reply_chunk,
 )
 from langchain_fslm.engine.base import StopSequences, check_stops
 
@@ -200,6 +201,10 @@ class ChatFSLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         tally = TokenTally()
         config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
+        if _calls_tools(kwargs):  # a call is parsed whole: it comes as one chunk
+            output = self._configured(stop, **kwargs).invoke(messages, config)
+            yield tool_reply_chunk(output, self._model)
+            return
         for piece in self._configured(stop, include_handoffs=False, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
@@ -216,6 +221,10 @@ class ChatFSLM(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         tally = TokenTally()
         config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
+        if _calls_tools(kwargs):
+            output = await self._configured(stop, **kwargs).ainvoke(messages, config)
+            yield tool_reply_chunk(output, self._model)
+            return
         stack = self._configured(stop, include_handoffs=False, **kwargs)
         async for piece in stack.astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
@@ -228,18 +237,38 @@ class ChatFSLM(BaseChatModel):
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         *,
-        tool_choice: str | None = None,
+        tool_choice: str | dict[str, Any] | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Not supported: a stack of small models writes text and has no tool calling.
+        """The chat with tools: the last stage sees them and replies with a tool call or text.
+
+        The tools are listed in the last stage's system block, and its reply is constrained (on an engine
+        that constrains decoding, ``capabilities().constrained``) to one call ``{"name": ..., "arguments":
+        ...}`` whose arguments fit that tool's schema, so even a 135M model writes a valid call. The reply
+        is an ``AIMessage`` with ``tool_calls`` (ids ``call_<hex>``, empty content) or with text.
+        ``ToolMessage`` results and earlier calls in the history are rendered into the transcript.
+
+        Args:
+            tools: Tools in any form LangChain's ``convert_to_openai_tool`` takes (``@tool`` functions,
+                pydantic models, functions, OpenAI tool dicts); each needs an argument schema.
+            tool_choice: ``"auto"`` (default: a call or text), ``"any"``/``"required"``/``True`` (a call
+                of one of the tools), a tool's name (a call of that tool) or ``"none"`` (text, tools not
+                shown).
+            **kwargs: Bound with the tools (per-call settings such as ``temperature``).
 
         Raises:
-            NotImplementedError: Always, naming the alternative.
+            ConstraintError: For a tool without a usable argument schema (none, recursive, unsupported),
+                naming it, before any generation.
+            ValueError: For duplicate tool names or an unknown ``tool_choice``, naming it.
         """
-        raise NotImplementedError(
-            "ChatFSLM does not support tool calling: its stages are small models that write plain text. "
-            "Put the stack in a LangGraph node, or use with_structured_output() for typed replies."
-        )
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        from langchain_fslm.tools import ToolSetting
+
+        setting = ToolSetting.of(tools, tool_choice)  # checks every tool and the choice now
+        setting.check(self.stack.stages[-1].engine, self.stack.stages[-1].name)
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return super().bind(tools=formatted, tool_choice=setting.choice, **kwargs)
 
     def with_structured_output(
         self,
@@ -278,3 +307,8 @@ class ChatFSLM(BaseChatModel):
         if kwargs:
             raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
         return structured_chat(self, schema, include_raw=include_raw, method=method, strict=strict)
+
+
+def _calls_tools(kwargs: dict[str, Any]) -> bool:
+    """Whether a call has tools bound that the reply may call (not ``tool_choice="none"``)."""
+    return bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"

@@ -46,9 +46,10 @@ def schema_name(schema: Any) -> str:
 def to_json_schema(schema: Any) -> dict[str, Any]:
     """The JSON schema of a pydantic model, TypedDict or JSON-schema dict.
 
-    A pydantic model gives its own schema (``$ref`` kept: LangChain's conversion drops a recursive one,
-    which would let the grammar write anything there); a TypedDict or dict goes through LangChain's
-    conversion (descriptions from ``Annotated``), after its recursion is checked on pydantic's schema.
+    A JSON-schema dict is taken as it is; a pydantic model gives its own schema (``$ref`` kept: LangChain's
+    conversion drops a recursive one, which would let the grammar write anything there); a TypedDict or an
+    OpenAI function dict goes through LangChain's conversion (descriptions from ``Annotated``), a TypedDict
+    after its recursion is checked on pydantic's schema.
 
     Raises:
         ConstraintError: Naming the schema, if it is none of these, or recursive.
@@ -57,6 +58,8 @@ def to_json_schema(schema: Any) -> dict[str, Any]:
     from langchain_core.utils.pydantic import is_basemodel_subclass
     from typing_extensions import is_typeddict
 
+    if isinstance(schema, dict) and not {"parameters", "function"} & set(schema):
+        return dict(schema)  # a JSON schema already (LangChain's conversion would drop keys it does not know)
     try:
         if is_basemodel_subclass(schema):
             dump = getattr(schema, "model_json_schema", None) or schema.schema
@@ -119,9 +122,7 @@ def json_constraint(schema: Any, name: str | None = None) -> OutputConstraint:
         ConstraintError: Naming the schema, if it is recursive, unsupported or not a schema.
     """
     name = name or schema_name(schema)
-    # a dict without a title is taken as it is (LangChain's conversion wants one, as a function name)
-    spec = schema if isinstance(schema, dict) and "title" not in schema else to_json_schema(schema)
-    fitted = constraint_schema(spec, name)
+    fitted = constraint_schema(to_json_schema(schema), name)
     constraint = OutputConstraint.from_json_schema(fitted, name, sort_keys=False)
     check_compiles(constraint)
     return constraint
