@@ -153,13 +153,17 @@ class ToolSetting:
 
         Raises:
             ConstraintError: For a tool without a usable schema (see :meth:`ToolSpec.of`).
-            ValueError: For duplicate tool names, or a ``tool_choice`` that is no word and no tool's name.
+            ValueError: For different tools of one name, or a ``tool_choice`` that is no word and no tool's
+                name.
         """
-        specs = tuple(ToolSpec.of(t) for t in tools)
+        unique: dict[tuple[str, str], ToolSpec] = {}
+        for spec in (ToolSpec.of(t) for t in tools):  # the same tool twice (a model and its schema) is one
+            unique.setdefault((spec.name, json.dumps(_untitled(spec.parameters))), spec)
+        specs = tuple(unique.values())
         names = [s.name for s in specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"Tools must have distinct names; bound twice: {duplicates}")
+            raise ValueError(f"Tools must have distinct names; different tools are named {duplicates}")
         return cls(specs, _choice(tool_choice, names))
 
     @property
@@ -288,6 +292,15 @@ class ToolSetting:
                 "generation": stage.generation.model_copy(update={"stop": []}),
             }
         )
+
+
+def _untitled(node: Any) -> Any:
+    """A schema without its ``title`` labels (pydantic writes them, LangChain's conversion does not)."""
+    if isinstance(node, list):
+        return [_untitled(n) for n in node]
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+    return node
 
 
 def _choice(tool_choice: Any, names: list[str]) -> str:

@@ -21,8 +21,7 @@ def tiny_stack(tiny_engine) -> FSLMChain:
 
 
 class TestChatFSLMUnit(ChatModelUnitTests):
-    """The standard suite. ChatFSLM has no tool calling (small text-only models), so the suite skips the
-    tool tests itself (``has_tool_calling`` is False); ``with_structured_output`` is supported."""
+    """The standard suite, with tool calling (``bind_tools``) and ``with_structured_output``."""
 
     @pytest.fixture(autouse=True)
     def _stack(self, tiny_stack) -> None:
@@ -38,7 +37,11 @@ class TestChatFSLMUnit(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:
@@ -158,5 +161,3 @@ def test_bad_structured_arguments_are_named(tiny_stack):
         chat.with_structured_output(Joke, method="telepathy")
     with pytest.raises(ValueError, match="schema"):
         chat.with_structured_output()
-    with pytest.raises(NotImplementedError, match="tool calling"):
-        chat.bind_tools([Joke])
