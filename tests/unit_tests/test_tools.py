@@ -194,3 +194,31 @@ def test_bound_tools_reach_the_call_as_openai_tools():
     assert bound.kwargs["tool_choice"] == "any"
     assert bound.kwargs["tools"][0]["function"]["name"] == "add"
     assert json.loads(json.dumps(bound.kwargs["tools"]))  # plain data, as LangGraph inspects it
+
+
+def test_the_example_agent_runs_a_tool_call_through_langgraph():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "agent.py"
+    spec = importlib.util.spec_from_file_location("example_agent", path)
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+
+    def reply(request):
+        if "Tool result (get_weather): sunny" in request.prompt:
+            return "It is sunny, 21 °C in Paris."
+        return '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+    engine = ConstrainedFake(reply)
+    specs = [StageSpec(name="answer", prompt="Request: {input}", output_type="answer")]
+    graph = agent.build_agent(stack=FSLMChain.from_specs(specs, engine=engine))
+    messages = graph.invoke({"messages": [("user", "Weather in Paris?")]})["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "tool", "ai"]
+    assert messages[1].tool_calls[0]["args"] == {"city": "Paris"}
+    assert (
+        messages[2].content == "sunny, 21 °C" and messages[2].tool_call_id == messages[1].tool_calls[0]["id"]
+    )
+    assert messages[3].content == "It is sunny, 21 °C in Paris."
+    assert engine.requests[0].constraint.kind == "json_schema"  # the first turn must call (tool_choice any)
+    assert engine.requests[1].constraint is None  # after the result: plain text
