@@ -148,6 +148,34 @@ class FSLMChain(StackBuilding, RunnableBindingBase[LanguageModelInput, Any]):
         """A copy that returns a :class:`StackOutput` (every stage's result) instead of a str."""
         return self.model_copy(update={"include_handoffs": include})
 
+    def with_structured_output(
+        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable that returns the last stage's reply parsed into ``schema``.
+
+        The last stage generates under the schema's constraint (on an engine that constrains decoding it
+        can only write a valid object), its prompt names the form, and its reply is read strictly and
+        validated: a reply that does not parse is regenerated (``parse_retries``) and then raises
+        :class:`~langchain_fslm.errors.StageOutputError`. The upstream stages run as usual.
+
+        Args:
+            schema: A pydantic model (returns an instance), a TypedDict or JSON-schema dict (returns a dict),
+                or a :class:`~langchain_fslm.outputs.StageOutput` subclass (returns one).
+            include_raw: Return ``{"raw": str, "parsed": ..., "parsing_error": ...}`` (``raw``: the last
+                stage's text; a reply that does not parse gives ``parsed=None`` and the error).
+            **kwargs: Not supported.
+
+        Raises:
+            ConstraintError: For a recursive or unsupported schema, naming it, before any generation.
+
+        Example: ``FSLMChain.default().with_structured_output(Person).invoke("Ada is 36.")``.
+        """
+        from langchain_fslm.structured import structured_stack
+
+        if kwargs:
+            raise TypeError(f"FSLMChain.with_structured_output got unsupported argument(s) {sorted(kwargs)}")
+        return structured_stack(self, schema, include_raw=include_raw)
+
     def with_stage(self, stage: str, **updates: Any) -> FSLMChain:
         """A copy whose stage uses updated spec fields (``prompt``, ``system``, ``generation``, ...).
 

@@ -28,6 +28,7 @@ from langchain_fslm.chat_runs import (
     last_chunk,
     reply_result,
     start_stream_run,
+    tool_reply_chunk,
 )
 from langchain_fslm.engine.base import StopSequences, check_stops
 
@@ -70,7 +71,7 @@ class ChatFSLM(BaseChatModel):
     streaming: bool = False
     model_name: str | None = Field(default=None, alias="model")
     structured: Any = Field(default=None, exclude=True)
-    """Set by :meth:`with_structured_output`: ``(schema, parser, on_parse_error)`` for the last stage."""
+    """Set by :meth:`with_structured_output`: a :class:`langchain_fslm.structured.Structured` setting."""
 
     _stacks: CallStacks = PrivateAttr(default_factory=CallStacks)
 
@@ -200,6 +201,10 @@ class ChatFSLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         tally = TokenTally()
         config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
+        if _calls_tools(kwargs):  # a call is parsed whole: it comes as one chunk
+            output = self._configured(stop, **kwargs).invoke(messages, config)
+            yield tool_reply_chunk(output, self._model)
+            return
         for piece in self._configured(stop, include_handoffs=False, **kwargs).stream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
@@ -216,6 +221,10 @@ class ChatFSLM(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         tally = TokenTally()
         config = child_config(run_manager or kwargs.get(STREAM_RUN), [tally])
+        if _calls_tools(kwargs):
+            output = await self._configured(stop, **kwargs).ainvoke(messages, config)
+            yield tool_reply_chunk(output, self._model)
+            return
         stack = self._configured(stop, include_handoffs=False, **kwargs)
         async for piece in stack.astream(messages, config):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
@@ -228,18 +237,38 @@ class ChatFSLM(BaseChatModel):
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         *,
-        tool_choice: str | None = None,
+        tool_choice: str | dict[str, Any] | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Not supported: a stack of small models writes text and has no tool calling.
+        """The chat with tools: the last stage sees them and replies with a tool call or text.
+
+        The tools are listed in the last stage's system block, and its reply is constrained (on an engine
+        that constrains decoding, ``capabilities().constrained``) to one call ``{"name": ..., "arguments":
+        ...}`` whose arguments fit that tool's schema, so even a 135M model writes a valid call. The reply
+        is an ``AIMessage`` with ``tool_calls`` (ids ``call_<hex>``, empty content) or with text.
+        ``ToolMessage`` results and earlier calls in the history are rendered into the transcript.
+
+        Args:
+            tools: Tools in any form LangChain's ``convert_to_openai_tool`` takes (``@tool`` functions,
+                pydantic models, functions, OpenAI tool dicts); each needs an argument schema.
+            tool_choice: ``"auto"`` (default: a call or text), ``"any"``/``"required"``/``True`` (a call
+                of one of the tools), a tool's name (a call of that tool) or ``"none"`` (text, tools not
+                shown).
+            **kwargs: Bound with the tools (per-call settings such as ``temperature``).
 
         Raises:
-            NotImplementedError: Always, naming the alternative.
+            ConstraintError: For a tool without a usable argument schema (none, recursive, unsupported),
+                naming it, before any generation.
+            ValueError: For duplicate tool names or an unknown ``tool_choice``, naming it.
         """
-        raise NotImplementedError(
-            "ChatFSLM does not support tool calling: its stages are small models that write plain text. "
-            "Put the stack in a LangGraph node, or use with_structured_output() for typed replies."
-        )
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        from langchain_fslm.tools import ToolSetting
+
+        setting = ToolSetting.of(tools, tool_choice)  # checks every tool and the choice now
+        setting.check(self.stack.stages[-1].engine, self.stack.stages[-1].name)
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return super().bind(tools=formatted, tool_choice=setting.choice, **kwargs)
 
     def with_structured_output(
         self,
@@ -250,28 +279,36 @@ class ChatFSLM(BaseChatModel):
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
-        """A runnable whose reply is parsed into ``schema`` by the last stage's parser.
+        """A runnable whose reply is generated under ``schema`` and parsed into it.
 
-        The last stage's prompt asks for the format and its output type becomes ``schema``, so a reply that
-        does not parse is regenerated (the stage's ``parse_retries``) and then raises
-        :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last reply is
-        returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
-        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from plain text; a pydantic
-        model, TypedDict or JSON schema dict from JSON.
+        The last stage generates under the schema's constraint (an engine that constrains decoding can only
+        write a valid object; see ``capabilities().constrained``), its prompt names the form with a compact
+        example, and its parser reads the reply strictly: unfinished JSON (a budget that ran out) is an error,
+        never a truncated object. A reply that does not parse is regenerated (the stage's ``parse_retries``)
+        and then raises :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last
+        reply is returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
+        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from its own plain-text format.
 
         Args:
-            schema: The output schema (None only with ``method="json_mode"``).
+            schema: A pydantic model (returns instances), a TypedDict or JSON-schema dict (returns dicts),
+                or a StageOutput subclass; None only with ``method="json_mode"`` (any JSON object).
             include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
-            method: ``json_schema``, ``function_calling`` or ``json_mode``; a small local model has no
-                tool calling or JSON mode, so all three prompt for the format and parse the text.
-            strict: Accepted for API compatibility (parsing is always strict).
+            method: ``json_schema``, ``function_calling`` or ``json_mode``: all three constrain the last
+                stage to the schema.
+            strict: Accepted for API compatibility (the constraint and the parsing are always strict).
             **kwargs: Not supported.
 
         Raises:
-            ValueError: For unknown arguments, methods or schemas.
+            ValueError: For unknown arguments or methods.
+            ConstraintError: For a recursive or unsupported schema, naming it, before any generation.
         """
         from langchain_fslm.structured import structured_chat
 
         if kwargs:
             raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
         return structured_chat(self, schema, include_raw=include_raw, method=method, strict=strict)
+
+
+def _calls_tools(kwargs: dict[str, Any]) -> bool:
+    """Whether a call has tools bound that the reply may call (not ``tool_choice="none"``)."""
+    return bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"

@@ -7,6 +7,7 @@ callbacks and id first (:class:`StreamRun`) and ``_stream`` makes the stack's ru
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,14 @@ from langchain_core.callbacks import (
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 
 from langchain_fslm.engine.base import check_stops
 from langchain_fslm.handoff import HANDOFF_EVENT
 from langchain_fslm.stack_steps import StackOutput
+from langchain_fslm.tools import ToolReply, ToolSetting
 
 if TYPE_CHECKING:
     from langchain_fslm.chain import FSLMChain
@@ -42,6 +45,8 @@ __all__ = [
     "last_chunk",
     "reply_result",
     "stack_usage",
+    "tool_calls_of",
+    "tool_reply_chunk",
 ]
 
 
@@ -130,6 +135,7 @@ class CallSettings:
     temperature: float | None
     max_tokens: int | None
     handoffs: bool
+    tools: ToolSetting | None = None
 
 
 class CallStacks:
@@ -159,12 +165,13 @@ class CallStacks:
 
 
 def _variant(stack: FSLMChain, structured: Any, settings: CallSettings) -> FSLMChain:
-    from langchain_fslm.structured import structured_stage
-
-    if structured is not None:
-        schema, parser, on_parse_error = structured
-        typed = structured_stage(stack.stages[-1], schema, parser, on_parse_error)
+    if structured is not None:  # a structured.Structured setting
+        typed = structured.stage(stack.stages[-1])
         stack = stack.model_copy(update={"stages": [*stack.stages[:-1], typed]})
+    if settings.tools is not None:
+        stack = stack.model_copy(
+            update={"stages": [*stack.stages[:-1], settings.tools.stage(stack.stages[-1])]}
+        )
     stops = [*stack.stages[-1].generation.stop, *settings.stop]
     return stack.with_generation(
         temperature=settings.temperature, max_new_tokens=settings.max_tokens, stop=list(dict.fromkeys(stops))
@@ -173,13 +180,40 @@ def _variant(stack: FSLMChain, structured: Any, settings: CallSettings) -> FSLMC
 
 def reply_result(output: StackOutput, model: str) -> ChatResult:
     """A stack's output as a chat model's result (usage: every stage's tokens)."""
+    calls = tool_calls_of(output)
     message = AIMessage(
-        content=output.output,
+        content="" if calls else output.output,
+        tool_calls=calls,
         usage_metadata=stack_usage(output),
         response_metadata={"model_name": model, "model_provider": "fslm", "stages": list(output.stages)},
     )
-    info = {"finish_reason": "stop", "attempts": output.results[-1].attempts}
+    info = {"finish_reason": "tool_calls" if calls else "stop", "attempts": output.results[-1].attempts}
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+
+def tool_calls_of(output: StackOutput) -> list[Any]:
+    """The tool calls of a stack's reply (its last stage's :class:`ToolReply`), each with a new id."""
+    value = output.results[-1].value if output.results else None
+    return value.tool_calls() if isinstance(value, ToolReply) else []
+
+
+def tool_reply_chunk(output: StackOutput, model: str) -> ChatGenerationChunk:
+    """A whole reply of a chat with tools as one streamed chunk (a call, or text), with its usage."""
+    message = reply_result(output, model).generations[0].message
+    calls = [
+        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+        for i, c in enumerate(getattr(message, "tool_calls", []))
+    ]
+    chunk = AIMessageChunk(
+        content=message.content,
+        tool_call_chunks=calls,
+        usage_metadata=stack_usage(output),
+        response_metadata={"model_name": model, "model_provider": "fslm"},
+        chunk_position="last",
+    )
+    return ChatGenerationChunk(
+        message=chunk, generation_info={"finish_reason": "tool_calls" if calls else "stop"}
+    )
 
 
 def last_chunk(tally: TokenTally, model: str) -> ChatGenerationChunk:
@@ -196,10 +230,11 @@ def last_chunk(tally: TokenTally, model: str) -> ChatGenerationChunk:
 
 
 CALL_KWARGS = frozenset(
-    {"temperature", "max_tokens", "model"}
+    {"temperature", "max_tokens", "model", "tools", "tool_choice"}
     | {"stream", "ls_structured_output_format", "structured_output_format"}
 )
-"""Keyword arguments ChatFSLM accepts per call (LangChain itself passes the last three)."""
+"""Keyword arguments ChatFSLM accepts per call (``bind_tools`` binds ``tools`` and ``tool_choice``;
+LangChain itself passes the last three)."""
 
 
 def call_settings(chat: Any, stop: list[str] | None, handoffs: bool, kwargs: dict[str, Any]) -> CallSettings:
@@ -217,13 +252,15 @@ def call_settings(chat: Any, stop: list[str] | None, handoffs: bool, kwargs: dic
     if unknown:
         raise TypeError(
             f"ChatFSLM got unsupported keyword argument(s) {unknown}; per call it takes "
-            "stop, temperature, max_tokens and model."
+            "stop, temperature, max_tokens and model (tools: bind_tools())."
         )
+    tools = kwargs.get("tools")
     return CallSettings(
         stop=(*(chat.stop or ()), *check_stops(stop)),
         temperature=kwargs.get("temperature", chat.temperature),
         max_tokens=kwargs.get("max_tokens", chat.max_tokens),
         handoffs=handoffs,
+        tools=ToolSetting.of(tools, kwargs.get("tool_choice")) if tools else None,
     )
 
 

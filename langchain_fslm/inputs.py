@@ -15,8 +15,10 @@ from typing import Any
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
+    ChatMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
     convert_to_messages,
     get_buffer_string,
 )
@@ -25,7 +27,9 @@ from langchain_core.prompt_values import PromptValue
 from langchain_fslm.errors import InvalidInputError
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-SUPPORTED_MESSAGES = (HumanMessage, SystemMessage, AIMessage)
+SUPPORTED_MESSAGES = (HumanMessage, SystemMessage, AIMessage, ToolMessage)
+_CALL_BLOCKS = ("tool_use", "tool_call", "function_call")
+"""Content blocks of an AI message that repeat its ``tool_calls`` (Anthropic-style list content)."""
 
 
 def clean_text(text: str, *, where: str = "input") -> str:
@@ -70,31 +74,51 @@ def messages_to_text(messages: Sequence[BaseMessage]) -> str:
     """Render chat messages as the stack's input text.
 
     A single human message becomes its own content; a conversation becomes a ``Role: text`` transcript.
+    An AI message's tool calls are written as the model writes a call (``{"name": ..., "arguments":
+    ...}``, one per line), and a tool message as ``Tool result (name): ...`` (``Tool error`` when its
+    ``status`` is ``error``).
 
     Raises:
-        InvalidInputError: For message roles a stack cannot read (tool, function, custom roles).
+        InvalidInputError: For message roles a stack cannot read (function, custom roles).
     """
     if not messages:
         raise InvalidInputError("The input is an empty list of messages.")
     for i, message in enumerate(messages):
         if not isinstance(message, SUPPORTED_MESSAGES):
             raise InvalidInputError(
-                f"Message {i} has role {message.type!r}; a stack reads only system, human and ai "
-                "messages (no tool calling)."
+                f"Message {i} has role {message.type!r}; a stack reads only system, human, ai and "
+                "tool messages."
             )
         if not isinstance(message.content, str):
+            calls = isinstance(message, AIMessage) and bool(message.tool_calls)
             if any(
                 not (isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
+                and not (calls and isinstance(b, dict) and b.get("type") in _CALL_BLOCKS)
                 for b in message.content
             ):
                 raise InvalidInputError(f"Message {i} holds non-text content; a stack reads text only.")
-            if any(isinstance(b, dict) and not isinstance(b.get("text"), str) for b in message.content):
+            texts = [b for b in message.content if isinstance(b, dict) and b.get("type") == "text"]
+            if any(not isinstance(b.get("text"), str) for b in texts):
                 raise InvalidInputError(
                     f"Message {i} has a text block without a 'text' string: {message.content!r:.120}"
                 )
     if len(messages) == 1 and isinstance(messages[0], HumanMessage):
         return messages[0].text
-    return get_buffer_string(list(messages))
+    return get_buffer_string([_plain(m) for m in messages])
+
+
+def _plain(message: BaseMessage) -> BaseMessage:
+    """A message whose tool calls or tool result are written out as text, for the transcript."""
+    if isinstance(message, ToolMessage):
+        kind = "error" if message.status == "error" else "result"
+        role = f"Tool {kind} ({message.name})" if message.name else f"Tool {kind}"
+        return ChatMessage(role=role, content=message.text)
+    if isinstance(message, AIMessage) and message.tool_calls:
+        from langchain_fslm.tools import call_json
+
+        calls = [call_json(c["name"], c["args"]) for c in message.tool_calls]
+        return AIMessage(content="\n".join([t for t in (message.text.strip(),) if t] + calls))
+    return message
 
 
 def input_to_text(value: Any) -> str:

@@ -33,12 +33,16 @@ class StageOutput(BaseModel):
         type_name: The name manifests use for the type.
         output_constraint: What a stage of this type may generate (see :meth:`constraint`); None for free
             text. :func:`register_output_type` can set it.
+        accepts_cut: Whether a constrained text the token budget cut may still be valid (a grammar with a
+            free-text branch, whose parser refuses an unfinished call itself); False: a cut text is refused
+            before parsing.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     type_name: ClassVar[str] = "text"
     output_constraint: ClassVar[OutputConstraint | None] = None
+    accepts_cut: ClassVar[bool] = False
 
     @classmethod
     def from_text(cls, text: str) -> StageOutput:

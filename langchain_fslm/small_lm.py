@@ -159,7 +159,9 @@ class SmallLM(BaseChatModel):
                 "model_provider": "fslm",
                 "finish_reason": generation.finish_reason,
                 "latency_s": latency_s,
-                **({"constraint": self.constraint.describe()} if self._constrains and self.constraint else {}),
+                **(
+                    {"constraint": self.constraint.describe()} if self._constrains and self.constraint else {}
+                ),
             },
         )
 

@@ -94,8 +94,9 @@ def reply_counts(message: BaseMessage | None) -> tuple[int, int, float]:
 
 
 def _check_complete(message: BaseMessage | None) -> None:
-    """Refuse a constrained reply the token budget cut short: its text is unfinished, even where it parses
-    (an integer, two of four bullets).
+    """Refuse a constrained reply the token budget cut short (unfinished, even where it parses).
+
+    An integer or two of four bullets may parse, yet the model had more to write.
 
     Raises:
         OutputParserException: Naming the constraint and the budget.
@@ -177,7 +178,8 @@ class StageParser(BaseTransformOutputParser[Any]):
             latency += prior.latency_s
             attempts += prior.attempts
         try:
-            _check_complete(message)
+            if not self.output_type.accepts_cut:
+                _check_complete(message)
             value = StageOutputParser(output_type=self.output_type).parse(raw)
         except OutputParserException as err:
             reason = str(err).split("\nFor troubleshooting")[0]  # the error adds its own link again

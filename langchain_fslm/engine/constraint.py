@@ -39,10 +39,25 @@ class OutputConstraint(BaseModel):
     name: str | None = None
 
     @classmethod
-    def from_json_schema(cls, schema: dict[str, Any], name: str | None = None) -> OutputConstraint:
-        """A constraint to one JSON value of ``schema``."""
+    def from_json_schema(
+        cls, schema: dict[str, Any], name: str | None = None, *, sort_keys: bool = False
+    ) -> OutputConstraint:
+        """A constraint to one JSON value of ``schema``.
+
+        Args:
+            schema: The JSON schema.
+            name: What it is for (default: its ``title``).
+            sort_keys: Store the schema with sorted keys (then equal schemas written in another order are
+                equal constraints). Default False, the declared order: a decoding library writes an
+                object's properties in the order of ``properties``, and a small model fills a form best in
+                the order its author wrote it.
+        """
         title = name or schema.get("title")
-        return cls(kind="json_schema", value=json.dumps(schema, separators=(",", ":")), name=title)
+        return cls(
+            kind="json_schema",
+            value=json.dumps(schema, sort_keys=sort_keys, separators=(",", ":")),
+            name=title,
+        )
 
     @classmethod
     def from_regex(cls, pattern: str, name: str | None = None) -> OutputConstraint:

@@ -22,8 +22,8 @@ from langchain_fslm.engine.base import Engine, EngineCapabilities, Generation, G
 from langchain_fslm.engine.batcher import MicroBatcher
 from langchain_fslm.engine.compiled import CompiledDecode
 from langchain_fslm.engine.constraint import OutputConstraint
-from langchain_fslm.engine.local_constraints import GrammarCompiler
 from langchain_fslm.engine.local_adapters import BASE_ADAPTER, LocalAdapters
+from langchain_fslm.engine.local_constraints import GrammarCompiler
 from langchain_fslm.engine.local_generate import LocalGeneration
 from langchain_fslm.engine.prompt_fit import PromptFit
 from langchain_fslm.models import BaseModelRef, load_base_model
@@ -136,8 +136,7 @@ class LocalEngine(LocalGeneration, Engine):
         return cls(model, tokenizer, base_ref=ref, **kwargs)
 
     def capabilities(self) -> EngineCapabilities:
-        """Everything: scoring, in-process adapters, the model's own tokenizer, compiled decoding, and
-        constrained decoding where llguidance can read the tokenizer (a fast one)."""
+        """All extras: scoring, adapters, exact tokens, compiled and (fast tokenizer) constrained decoding."""
         return EngineCapabilities(
             loglikelihood=True,
             local_adapters=True,

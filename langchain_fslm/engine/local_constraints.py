@@ -31,7 +31,7 @@ JSON_OPTIONS: dict[str, Any] = {"item_separator": ", ", "key_separator": ": ", "
 
 
 def grammar_of(constraint: OutputConstraint) -> str:
-    """llguidance's grammar text for a constraint (not yet checked)."""
+    """Llguidance's grammar text for a constraint (not yet checked)."""
     from llguidance import LLMatcher
 
     if constraint.kind == "json_schema":
@@ -140,6 +140,7 @@ class ConstrainedRows:
         self._rows = [i for i, m in enumerate(self.matchers) if m is not None]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Feed each row's last token to its matcher, then mask what the matcher refuses."""
         import numpy as np
         import torch
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
@@ -147,7 +148,9 @@ class ConstrainedRows:
         if input_ids.shape[1] > self.prompt_len:
             last = input_ids[:, -1].tolist()
             for i in self._rows:
-                if not self.done[i] and (last[i] in self.eos_ids or not self.matchers[i].consume_token(last[i])):
+                if not self.done[i] and (
+                    last[i] in self.eos_ids or not self.matchers[i].consume_token(last[i])
+                ):
                     self.done[i] = True
         rows = [i for i in self._rows if not self.done[i]]
         if not rows:

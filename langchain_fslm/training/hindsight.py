@@ -71,8 +71,9 @@ def teacher_prompt(spec: StageSpec, fields: Mapping[str, Any], reference: str) -
 def derive(stage: str, reference: str) -> str | None:
     """A stage's target written from the reference alone, or None where it cannot be.
 
-    ``key_points``: the reference's first two to four sentences (or lines), each cut to 100 characters (what the key_points constraint allows), as
-    ``- `` bullets; a reference of one sentence gives None (the teacher writes that record's points).
+    ``key_points``: the reference's first two to four sentences (or lines), each cut to 100 characters
+    (what the key_points constraint allows), as ``- `` bullets; a reference of one sentence gives None
+    (the teacher writes that record's points).
 
     Raises:
         ValueError: For a stage that is not in :data:`DERIVABLE`.

@@ -32,8 +32,11 @@ class Teacher(Protocol):
 
 
 class EngineTeacher:
-    """A local model run through an engine, with each stage's own generation settings and, where the engine
-    can constrain, under the stage's output type (so a small teacher writes texts of the type)."""
+    """A local model run through an engine, with each stage's own generation settings.
+
+    Where the engine can constrain, it writes under the stage's output type (a small teacher then writes
+    texts of the type).
+    """
 
     def __init__(self, engine: Any, name: str) -> None:
         self.engine = engine

@@ -21,8 +21,7 @@ def tiny_stack(tiny_engine) -> FSLMChain:
 
 
 class TestChatFSLMUnit(ChatModelUnitTests):
-    """The standard suite. ChatFSLM has no tool calling (small text-only models), so the suite skips the
-    tool tests itself (``has_tool_calling`` is False); ``with_structured_output`` is supported."""
+    """The standard suite, with tool calling (``bind_tools``) and ``with_structured_output``."""
 
     @pytest.fixture(autouse=True)
     def _stack(self, tiny_stack) -> None:
@@ -38,7 +37,11 @@ class TestChatFSLMUnit(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:
@@ -114,7 +117,8 @@ def test_streaming_reports_usage_of_every_stage(tiny_stack):
 
 
 def test_structured_output_with_a_stage_type_uses_the_stage_parser(tiny_stack):
-    result = ChatFSLM(stack=tiny_stack, max_tokens=6).with_structured_output(KeyPoints).invoke("Sky?")
+    # a random model under the key_points constraint finishes two to four bullets within this budget
+    result = ChatFSLM(stack=tiny_stack, max_tokens=150).with_structured_output(KeyPoints).invoke("Sky?")
     assert isinstance(result, KeyPoints) and result.points
 
 
@@ -124,7 +128,7 @@ def test_structured_output_pydantic_parses_json_and_retries(tmp_path):
     result = chat.with_structured_output(Joke).invoke("Tell me a joke")
     assert result == Joke(setup="Why?", punchline="Because.")
     assert len(engine.prompts) == 2  # the first reply did not parse: the stage regenerated
-    assert '"setup": string' in engine.prompts[0]
+    assert '"setup": <string>' in engine.prompts[0]
 
 
 def test_structured_output_include_raw_and_failure():
@@ -158,5 +162,3 @@ def test_bad_structured_arguments_are_named(tiny_stack):
         chat.with_structured_output(Joke, method="telepathy")
     with pytest.raises(ValueError, match="schema"):
         chat.with_structured_output()
-    with pytest.raises(NotImplementedError, match="tool calling"):
-        chat.bind_tools([Joke])

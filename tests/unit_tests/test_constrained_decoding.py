@@ -46,7 +46,9 @@ def engine(tiny_model_dir: Path, tiny_adapters: dict[str, Path]) -> LocalEngine:
     return engine
 
 
-def _req(prompt: str, constraint: OutputConstraint | None, adapter: str | None = None, tokens: int = 48) -> GenerationRequest:
+def _req(
+    prompt: str, constraint: OutputConstraint | None, adapter: str | None = None, tokens: int = 48
+) -> GenerationRequest:
     return GenerationRequest(
         prompt=prompt, adapter=adapter, constraint=constraint, config=GenerationConfig(max_new_tokens=tokens)
     )
@@ -104,14 +106,20 @@ def test_built_in_types_on_a_random_model_are_their_type(engine: LocalEngine) ->
     )
     assert re.fullmatch(INTENT_PATTERN, out[0].text), out[0].text
     Intent.from_text(out[0].text)
-    assert re.fullmatch(KEY_POINTS_PATTERN, out[1].text + "\n") or re.fullmatch(KEY_POINTS_PATTERN, out[1].text)
+    assert re.fullmatch(KEY_POINTS_PATTERN, out[1].text + "\n") or re.fullmatch(
+        KEY_POINTS_PATTERN, out[1].text
+    )
     points = KeyPoints.from_text(out[1].text)
     assert 2 <= len(points.points) <= 4
 
 
 def test_a_stage_sends_its_type_and_refuses_a_cut_text(engine: LocalEngine) -> None:
     stage = SLMRunnable(
-        name="intent", prompt="Request: {input}", output_type="intent", engine=engine, parse_retries=0,
+        name="intent",
+        prompt="Request: {input}",
+        output_type="intent",
+        engine=engine,
+        parse_retries=0,
         generation=GenerationConfig(max_new_tokens=150),
     )
     assert stage.constraint == Intent.constraint()
@@ -123,11 +131,18 @@ def test_a_stage_sends_its_type_and_refuses_a_cut_text(engine: LocalEngine) -> N
 
 def test_constrained_false_sends_no_constraint(engine: LocalEngine) -> None:
     stage = SLMRunnable(
-        name="intent", prompt="{input}", output_type="intent", engine=engine, constrained=False,
-        parse_retries=0, generation=GenerationConfig(max_new_tokens=8),
+        name="intent",
+        prompt="{input}",
+        output_type="intent",
+        engine=engine,
+        constrained=False,
+        parse_retries=0,
+        generation=GenerationConfig(max_new_tokens=8),
     )
     assert stage.constraint is None
-    with pytest.raises(StageOutputError, match="intent"):  # random free text is no sentence: the validator says so
+    with pytest.raises(
+        StageOutputError, match="intent"
+    ):  # random free text is no sentence: the validator says so
         stage.invoke("Why is the sky blue?")
 
 

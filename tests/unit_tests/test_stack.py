@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, FunctionMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
@@ -264,7 +264,7 @@ def test_accepts_what_an_llm_accepts(stack, value):
         ("   \n\t", "empty"),
         ("bad \ud800 surrogate", "surrogate"),
         (42, "int"),
-        ([ToolMessage("x", tool_call_id="1")], "tool"),
+        ([FunctionMessage("x", name="f")], "function"),
         ({"question": "x"}, "'input' key"),
     ],
 )
