@@ -24,6 +24,7 @@ class StubOpenAIServer:
         self.fail_next = 0  # answer this many requests with HTTP 500 first
         self.delay_s = 0.0  # sleep before answering
         self.max_prompt_words: int | None = None  # longer prompts get vLLM's context-length HTTP 400
+        self.refuse_field: str | None = None  # a request with this body field gets an HTTP 400
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -85,6 +86,10 @@ class StubOpenAIServer:
                 model = body.get("model")
                 if model not in stub.models:
                     self._json(404, {"error": {"message": f"The model `{model}` does not exist."}})
+                    return
+                if stub.refuse_field is not None and stub.refuse_field in body:
+                    message = f"{stub.refuse_field}: grammar could not be compiled"
+                    self._json(400, {"object": "error", "message": message, "type": "BadRequestError"})
                     return
                 chat = self.path.endswith("/chat/completions")
                 prompt = body["messages"][-1]["content"] if chat else body["prompt"]

@@ -28,7 +28,9 @@ from langchain_fslm.engine.base import (
     cut_at_stop,
     stream_until_stop,
 )
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.engine.remote_http import (
+    CONSTRAINT_KINDS,
     CONTEXT_LENGTH_ERRORS,
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -39,10 +41,11 @@ from langchain_fslm.engine.remote_http import (
     ServerClients,
     ServerErrors,
     ServerUnreachableError,
+    constraint_fields,
     payload,
     request_input,
 )
-from langchain_fslm.errors import AdapterError
+from langchain_fslm.errors import AdapterError, ConstraintError, FSLMError
 
 __all__ = [
     "CONTEXT_LENGTH_ERRORS",
@@ -105,8 +108,36 @@ class RemoteEngine(Engine):
         return self.settings.base_url
 
     def capabilities(self) -> EngineCapabilities:
-        """None of the extras: the server holds the weights and the tokenizer."""
-        return EngineCapabilities()
+        """Constrained decoding on a known server (``server="vllm"`` or ``"llamacpp"``), no other extras."""
+        return EngineCapabilities(constrained=self.settings.server in CONSTRAINT_KINDS)
+
+    def check_constraint(self, constraint: OutputConstraint, stage: str | None = None) -> None:
+        """Refuse, before any request, a constraint kind the server does not take.
+
+        Raises:
+            ConstraintError: Naming the stage, the constraint and what the server takes.
+        """
+        if self.settings.server not in CONSTRAINT_KINDS:
+            return  # an unknown server gets no constraint: the stage's validator checks the text
+        try:
+            constraint_fields(constraint, self.settings.server)
+        except ValueError as err:
+            where = f"stage {stage!r}: " if stage else ""
+            raise ConstraintError(f"{where}{constraint.describe()} cannot be sent: {err}") from None
+
+    def _fields(self, request: GenerationRequest) -> dict[str, Any]:
+        """The request's fields, with its constraint where the server takes constraints."""
+        constraint = request.constraint if self.capabilities().constrained else None
+        if constraint is not None:
+            self.check_constraint(constraint, request.stage)
+        return payload(request.config, self.settings.server, constraint)
+
+    def _refused(self, err: FSLMError, request: GenerationRequest) -> FSLMError:
+        """A 400 for a constrained request is the server refusing the constraint: say so, naming the stage."""
+        if request.constraint is None or not self.capabilities().constrained or "HTTP 400" not in str(err):
+            return err
+        where = f"stage {request.stage!r}: " if request.stage else ""
+        return ConstraintError(f"{where}the server refused {request.constraint.describe()}: {err}")
 
     # ----------------------------------------------------------------------------- prompts and tokens
     def render(self, prompt: str, system: str | None = None) -> str:
@@ -220,7 +251,7 @@ class RemoteEngine(Engine):
         import openai
 
         model = self.model_name(request.adapter)
-        fields = payload(request.config, self.settings.server)
+        fields = self._fields(request)
         sent = request_input(request, self.settings.api)
         try:
             if self.settings.api == "chat":
@@ -239,7 +270,7 @@ class RemoteEngine(Engine):
                 completion_tokens = usage.get("completion_tokens", 0)
                 finish = (gen.generation_info or {}).get("finish_reason") or "stop"
         except openai.OpenAIError as err:
-            raise self.errors.translate(err, model, request.stage) from err
+            raise self._refused(self.errors.translate(err, model, request.stage), request) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             # langchain-openai lets these through for a 200 reply that is not a completion (a proxy's
             # HTML page, truncated JSON, no choices, no usage)
@@ -277,7 +308,7 @@ class RemoteEngine(Engine):
         import openai
 
         model = self.model_name(request.adapter)
-        fields = payload(request.config, self.settings.server)
+        fields = self._fields(request)
         sent = request_input(request, self.settings.api)
 
         def pieces() -> Iterator[str]:
@@ -307,7 +338,7 @@ class RemoteEngine(Engine):
         try:
             yield from stream_until_stop(pieces(), request.config.stop)
         except openai.OpenAIError as err:
-            raise self.errors.translate(err, model, request.stage) from err
+            raise self._refused(self.errors.translate(err, model, request.stage), request) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise self.errors.malformed(self.errors.where(model, request.stage), err) from err
 

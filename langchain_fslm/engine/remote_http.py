@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_fslm.engine.base import GenerationConfig, GenerationRequest
+from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.errors import AdapterError, FSLMError, PromptTooLongError
 
 ENV_BASE_URL = "FSLM_REMOTE_BASE_URL"
@@ -96,13 +97,16 @@ PENALTY_FIELDS = {"vllm": ("repetition_penalty",), "llamacpp": ("repeat_penalty"
 """The repetition penalty's request field per server (neither is in the OpenAI API)."""
 
 
-def payload(config: GenerationConfig, server: str | None = None) -> dict[str, Any]:
+def payload(
+    config: GenerationConfig, server: str | None = None, constraint: OutputConstraint | None = None
+) -> dict[str, Any]:
     """Request fields for a generation config.
 
     ``max_tokens`` also goes in the body as is (langchain-openai renames it ``max_completion_tokens``,
     which older servers ignore). The penalty goes under the server's name for it (both names when the
     server is not known), even at 1.0: servers have other defaults (llama-cpp-python's is 1.1, and vLLM
-    takes the model's ``generation_config.json``), and the local engine always applies the stage's.
+    takes the model's ``generation_config.json``), and the local engine always applies the stage's. A
+    constraint goes in the server's own field (:func:`constraint_fields`).
     """
     names = PENALTY_FIELDS.get(server or "", ("repetition_penalty", "repeat_penalty"))
     extra: dict[str, Any] = {"max_tokens": config.max_new_tokens}
@@ -113,11 +117,38 @@ def payload(config: GenerationConfig, server: str | None = None) -> dict[str, An
         "top_p": config.top_p if config.temperature > 0 else 1.0,
         "extra_body": extra,
     }
+    if constraint is not None:
+        extra |= constraint_fields(constraint, server)
     if config.stop:
         fields["stop"] = list(config.stop)
     if config.seed is not None:
         fields["seed"] = config.seed
     return fields
+
+
+CONSTRAINT_KINDS = {"vllm": ("json_schema", "regex", "lark"), "llamacpp": ("json_schema",)}
+"""The constraint kinds each server takes: vLLM's ``structured_outputs`` (json / regex / grammar; the old
+``guided_*`` fields were removed in vLLM 0.12) and llama.cpp server's ``json_schema`` (its ``grammar`` is
+GBNF, which regexes and lark grammars are not)."""
+
+
+def constraint_fields(constraint: OutputConstraint, server: str | None) -> dict[str, Any]:
+    """The request body fields that send ``constraint`` to ``server`` (``vllm`` or ``llamacpp``).
+
+    Raises:
+        ValueError: For a kind the server does not take (see :data:`CONSTRAINT_KINDS`).
+    """
+    kinds = CONSTRAINT_KINDS.get(server or "", ())
+    if constraint.kind not in kinds:
+        takes = ", ".join(kinds) or "no constraints"
+        raise ValueError(
+            f"the {server or 'unknown'} server takes {takes}, not a {constraint.kind} constraint"
+        )
+    if server == "llamacpp":
+        return {"json_schema": constraint.json_schema()}
+    key = {"json_schema": "json", "regex": "regex", "lark": "grammar"}[constraint.kind]
+    value: Any = constraint.json_schema() if constraint.kind == "json_schema" else constraint.value
+    return {"structured_outputs": {key: value}}
 
 
 def request_input(request: GenerationRequest, api: str) -> Any:

@@ -14,9 +14,11 @@ import pytest
 
 from langchain_fslm import (
     AdapterError,
+    ConstraintError,
     FSLMChain,
     GenerationConfig,
     GenerationRequest,
+    OutputConstraint,
     PromptTooLongError,
     StageSpec,
 )
@@ -302,3 +304,61 @@ def test_adapter_registration_checks_the_files(tmp_path):
     with pytest.raises(AdapterError, match="adapter_config.json is missing"):
         engine.load_adapter("intent", tmp_path)
     assert not engine.has_adapter("intent")
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+CONSTRAINTS = {
+    "json_schema": OutputConstraint.from_json_schema(SCHEMA, name="Person"),
+    "regex": OutputConstraint.from_regex(r"[a-z]+", name="word"),
+    "lark": OutputConstraint.from_lark('start: "yes" | "no"', name="yes/no"),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("json_schema", {"json": SCHEMA}),
+        ("regex", {"regex": "[a-z]+"}),
+        ("lark", {"grammar": 'start: "yes" | "no"'}),
+    ],
+)
+def test_vllm_gets_the_constraint_as_structured_outputs(stub, kind, field):
+    engine = RemoteEngine(stub.base_url, model=BASE, server="vllm")
+    assert engine.capabilities().constrained
+    request = GenerationRequest(prompt="hi", constraint=CONSTRAINTS[kind], stage="extract")
+    engine.generate([request])
+    list(engine.stream(request))
+    for body in bodies(stub):
+        assert body["structured_outputs"] == field and "guided_json" not in body
+
+
+def test_llamacpp_gets_a_json_schema_and_refuses_other_kinds_naming_the_stage(stub):
+    engine = RemoteEngine(stub.base_url, model=BASE, server="llamacpp")
+    engine.generate([GenerationRequest(prompt="hi", constraint=CONSTRAINTS["json_schema"])])
+    assert bodies(stub)[0]["json_schema"] == SCHEMA
+    with pytest.raises(
+        ConstraintError, match=r"stage 'intent': regex 'word' cannot be sent: the llamacpp server"
+    ):
+        engine.check_constraint(CONSTRAINTS["regex"], "intent")
+    with pytest.raises(ConstraintError, match="stage 'intent'"):
+        engine.generate([GenerationRequest(prompt="hi", constraint=CONSTRAINTS["lark"], stage="intent")])
+    assert len(bodies(stub)) == 1  # refused before any request
+
+
+def test_an_unknown_server_gets_no_constraint(stub):
+    engine = RemoteEngine(stub.base_url, model=BASE)
+    assert not engine.capabilities().constrained
+    engine.generate([GenerationRequest(prompt="hi", constraint=CONSTRAINTS["regex"])])
+    assert not {"structured_outputs", "json_schema"} & set(bodies(stub)[0])
+
+
+def test_a_server_that_refuses_the_constraint_says_so_naming_the_stage(stub):
+    stub.refuse_field = "structured_outputs"
+    engine = RemoteEngine(stub.base_url, model=BASE, server="vllm", max_retries=0)
+    request = GenerationRequest(prompt="hi", constraint=CONSTRAINTS["json_schema"], stage="extract")
+    with pytest.raises(
+        ConstraintError, match=r"stage 'extract': the server refused json_schema 'Person'.*HTTP 400"
+    ):
+        engine.generate([request])
+    with pytest.raises(ConstraintError, match="stage 'extract'"):
+        list(engine.stream(request))
