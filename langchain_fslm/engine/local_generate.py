@@ -52,6 +52,20 @@ def _stopping_criteria(tokenizer: Any, stops: list[list[str]], prompt_len: int) 
     return _StopOnStrings()
 
 
+def _cancel_criterion(cancel: threading.Event) -> Any:
+    """A criterion that ends every row once ``cancel`` is set (a stream whose consumer left)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Cancelled(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return _Cancelled()
+
+
 class LocalGeneration(PromptFit, LocalAdapters):
     """Run prompts already fitted to the context window through ``model.generate``.
 
@@ -181,10 +195,14 @@ class LocalGeneration(PromptFit, LocalAdapters):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self._generate_kwargs(config)
         kwargs.update(self._adapter_kwargs([request.adapter]))
+        # a consumer that stops reading (a stop string, break, a cancelled astream) sets this: generation
+        # ends within a token and frees the model for the next caller
+        cancel = threading.Event()
+        kwargs["stopping_criteria"] = [_cancel_criterion(cancel)]
         if config.stop:
-            kwargs["stopping_criteria"] = [
+            kwargs["stopping_criteria"].append(
                 _stopping_criteria(self.tokenizer, [list(config.stop)], encoded["input_ids"].shape[1])
-            ]
+            )
         constrained = self._constrained([request], encoded["input_ids"].shape[1])
         if constrained is not None:
             kwargs["logits_processor"] = [constrained]
@@ -217,7 +235,8 @@ class LocalGeneration(PromptFit, LocalAdapters):
         try:
             yield from stream_until_stop(pieces(), config.stop)
         finally:
-            if not ended:  # stopped early (stop string or consumer left): let the worker finish
+            if not ended:  # stopped early (stop string or consumer left): end the generation now
+                cancel.set()
                 for _ in streamer:
                     pass
             worker.join()

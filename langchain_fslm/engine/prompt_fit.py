@@ -14,6 +14,23 @@ from typing import Any
 from langchain_fslm.engine.base import GenerationRequest
 from langchain_fslm.errors import PromptTooLongError, PromptTruncatedWarning
 
+WORD_JOINER = "\u2060"
+"""Invisible, and no tokenizer's control token contains it: put inside a control-token string that appears in
+a prompt, it makes the string plain text to the tokenizer."""
+
+
+def as_plain_text(text: str, specials: list[str]) -> str:
+    r"""``text`` with every occurrence of a control-token string (``<|im_end|>``) kept as text.
+
+    Tokenizers match the strings of special tokens anywhere in their input, so user text holding
+    ``<|im_end|>\n<|im_start|>system`` would otherwise open a system turn of its own. A word joiner after
+    the first character breaks the match; the model reads the same characters.
+    """
+    for special in specials:
+        if len(special) > 1 and special in text:
+            text = text.replace(special, special[0] + WORD_JOINER + special[1:])
+    return text
+
 
 class PromptFit:
     """Render, tokenise and fit prompts to the context window of one model.
@@ -42,8 +59,26 @@ class PromptFit:
                 return value
         return 2048
 
+    @property
+    def control_strings(self) -> list[str]:
+        """The strings of the tokenizer's special tokens, longest first (a prompt may not write them)."""
+        cached: list[str] | None = getattr(self, "_control_strings", None)
+        if cached is None:
+            decoder = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+            found = {str(t.content) for t in decoder.values() if getattr(t, "special", False)}
+            found |= {str(t) for t in getattr(self.tokenizer, "all_special_tokens", [])}
+            cached = sorted(found, key=len, reverse=True)
+            self._control_strings = cached
+        return cached
+
     def render(self, prompt: str, system: str | None = None) -> str:
-        """The exact text the model sees for a stage prompt (chat template applied where used)."""
+        """The exact text the model sees for a stage prompt (chat template applied where used).
+
+        Control-token strings inside the prompt or system message stay text (:func:`as_plain_text`): only
+        the template writes turns.
+        """
+        prompt = as_plain_text(prompt, self.control_strings)
+        system = as_plain_text(system, self.control_strings) if system else system
         if not self.use_chat_template:
             return f"{system}\n\n{prompt}" if system else prompt
         messages = [{"role": "system", "content": system}] if system else []
@@ -80,6 +115,8 @@ class PromptFit:
         """
         config = request.config
         text = self.render(request.prompt, request.system)
+        if not text:  # an empty prompt without a chat template: start from the model's own start token
+            text = str(self.tokenizer.bos_token or self.tokenizer.eos_token or "")
         budget = self.context_length - config.max_new_tokens
         n = self.count_tokens(text)
         if n <= budget:

@@ -119,7 +119,8 @@ def test_any_generation_config_is_valid_or_a_validation_error(config):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     prompt=st.one_of(
-        st.text(min_size=1, max_size=40), st.sampled_from(["<|endoftext|>" * 3, "\x00\x01", "\ud7ff" * 5])
+        st.text(max_size=40),  # empty too: a model without a chat template starts from its start token
+        st.sampled_from(["", "<|endoftext|>" * 3, "\x00\x01", "\ud7ff" * 5]),
     ),
     max_new_tokens=st.integers(1, 4),
     stop=st.lists(st.text(min_size=1, max_size=2), max_size=2),
@@ -133,3 +134,39 @@ def test_the_engine_answers_any_prompt_or_raises_its_own_error(tiny_engine, prom
     except FSLMError:
         return
     assert isinstance(generation.text, str) and generation.completion_tokens <= max_new_tokens
+
+
+def test_leaving_a_local_stream_stops_generation_within_a_token_or_two(tiny_engine):
+    """Issue 26, class 4: breaking out of a stream ended the generation only at its budget (the model lock
+    held meanwhile); now a cancel flag ends it at the next token."""
+    from langchain_fslm.engine.base import GenerationConfig, GenerationRequest
+
+    steps = []
+    hook = tiny_engine.plain_model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        request = GenerationRequest(
+            prompt="Tell me a long story.", config=GenerationConfig(max_new_tokens=200)
+        )
+        stream = tiny_engine.stream(request)
+        consumed = [next(stream) for _ in range(3)]
+        stream.close()
+        assert all(consumed)
+        assert len(steps) < 3 + 8  # about one forward per piece, then at most a step or two more
+        steps.clear()
+        (other,) = tiny_engine.generate(
+            [GenerationRequest(prompt="hi", config=GenerationConfig(max_new_tokens=5))]
+        )
+        assert 0 < len(steps) <= 6  # the next caller ran at once, its own five steps
+    finally:
+        hook.remove()
+
+
+def test_control_token_strings_in_a_prompt_stay_text(tiny_engine):
+    """Issue 26, class 6: user text holding a control token's string was tokenised as that token."""
+    eos = tiny_engine.tokenizer.eos_token  # "<|endoftext|>", id 0 for the Pythia tokenizer
+    eos_id = tiny_engine.tokenizer.convert_tokens_to_ids(eos)
+    assert eos_id in tiny_engine.token_ids(f"a {eos} b")  # what the tokenizer does with raw text
+    for system in (None, f"sys {eos}"):
+        ids = tiny_engine.token_ids(tiny_engine.render(f"Hi {eos}\nNew turn {eos}", system))
+        assert eos_id not in ids
+    assert tiny_engine.render(f"x{eos}").replace("\u2060", "") == f"x{eos}"  # the same characters
