@@ -27,6 +27,12 @@ JUDGES_THE_MODEL = (
     "on its own (tool_choice='auto') to call a tool is the model's; the plumbing is tested with a scripted "
     "engine in tests/unit_tests/test_tools.py"
 )
+ONE_CHAT_RUN = (
+    "counts on_chat_model_start calls and expects one: ChatFSLM's stages are chat-model runs of their own "
+    "(one per stage, so LangSmith and usage callbacks see each stage's prompt and tokens), so it fires 1 + 4 "
+    "times; the structured reply itself is checked by test_structured_output_optional_param, "
+    "test_structured_output_pydantic_2_v1 and tests/integration_tests/test_smollm2_constrained.py"
+)
 SCHEMAS = ["pydantic", "typeddict", "json_schema"]
 BUDGET = 48
 """The last stage's budget: a JSON object or a tool call must finish within it (8 tokens cannot)."""
@@ -84,6 +90,17 @@ class TestChatFSLMIntegration(ChatModelIntegrationTests):
     def supports_json_mode(self) -> bool:
         return True
 
+    # ------------------------------------------------------------------ count one chat run
+    @pytest.mark.xfail(reason=ONE_CHAT_RUN, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMAS)
+    def test_structured_output(self, model, schema_type) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.xfail(reason=ONE_CHAT_RUN, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMAS)
+    async def test_structured_output_async(self, model, schema_type) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
     # ------------------------------------------------------------------ judge the model's choices
     @pytest.mark.xfail(reason=JUDGES_THE_MODEL, strict=False)
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
@@ -114,6 +131,6 @@ def test_structured_output_with_a_stage_type_on_the_real_model(real_stack):
     """What does work on SmolLM2: a plain-text stage type through the last stage's own parser."""
     from langchain_fslm import KeyPoints
 
-    chat = ChatFSLM(stack=real_stack, max_tokens=24)
+    chat = ChatFSLM(stack=real_stack, max_tokens=96)  # two to four bullets must finish
     points = chat.with_structured_output(KeyPoints).invoke("Give two tips for staying healthy.")
     assert isinstance(points, KeyPoints) and all(p.strip() for p in points.points)
