@@ -26,11 +26,12 @@ from langchain_fslm.chat_runs import (
     call_settings,
     child_config,
     last_chunk,
+    ls_params,
     reply_result,
     start_stream_run,
     tool_reply_chunk,
 )
-from langchain_fslm.engine.base import StopSequences, check_stops
+from langchain_fslm.engine.base import StopSequences
 
 
 class ChatFSLM(BaseChatModel):
@@ -45,8 +46,8 @@ class ChatFSLM(BaseChatModel):
         temperature: Sampling temperature of the last stage (None keeps the stack's setting).
         max_tokens: Generation budget of the last stage (None keeps the stack's setting).
         stop: Extra stop sequences for the last stage.
-        timeout: Accepted for API compatibility; a local stack has no network timeout.
-        max_retries: Accepted for API compatibility; see the stages' ``parse_retries``.
+        timeout: Accepted for API compatibility (a local stack has no network timeout), as is
+            ``max_retries`` (see the stages' ``parse_retries``).
         streaming: Whether ``invoke`` streams internally (the reply is the same).
         model_name: Name reported in traces and response metadata (default: the stack's name).
 
@@ -98,20 +99,7 @@ class ChatFSLM(BaseChatModel):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "fslm"
-        params["ls_model_name"] = kwargs.get("model") or self._model
-        params["ls_model_type"] = "chat"
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        stops = [*(self.stop or []), *check_stops(stop)]
-        if stops:
-            params["ls_stop"] = stops
-        return params
+        return ls_params(self, super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         kwargs.pop(STREAM_RUN, None)  # an internal handle, not a model parameter (kept out of traces)
@@ -242,23 +230,17 @@ class ChatFSLM(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """The chat with tools: the last stage sees them and replies with a tool call or text.
 
-        The tools are listed in the last stage's system block, and its reply is constrained (on an engine
-        that constrains decoding, ``capabilities().constrained``) to one call ``{"name": ..., "arguments":
-        ...}`` whose arguments fit that tool's schema, so even a 135M model writes a valid call. The reply
-        is an ``AIMessage`` with ``tool_calls`` (ids ``call_<hex>``, empty content) or with text.
-        ``ToolMessage`` results and earlier calls in the history are rendered into the transcript.
+        The reply is constrained (where the engine constrains decoding) to one call whose arguments fit its
+        tool's schema, and comes back as an ``AIMessage`` with ``tool_calls``; see docs/chat-model.md.
 
         Args:
-            tools: Tools in any form LangChain's ``convert_to_openai_tool`` takes (``@tool`` functions,
-                pydantic models, functions, OpenAI tool dicts); each needs an argument schema.
-            tool_choice: ``"auto"`` (default: a call or text), ``"any"``/``"required"``/``True`` (a call
-                of one of the tools), a tool's name (a call of that tool) or ``"none"`` (text, tools not
-                shown).
+            tools: What ``convert_to_openai_tool`` takes, each with an argument schema.
+            tool_choice: ``"auto"`` (default: a call or text), ``"any"``/``"required"``/``True`` (a call),
+                a tool's name (a call of it) or ``"none"`` (text, tools not shown).
             **kwargs: Bound with the tools (per-call settings such as ``temperature``).
 
         Raises:
-            ConstraintError: For a tool without a usable argument schema (none, recursive, unsupported),
-                naming it, before any generation.
+            ConstraintError: For a tool without a usable argument schema, naming it.
             ValueError: For duplicate tool names or an unknown ``tool_choice``, naming it.
         """
         from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -281,13 +263,10 @@ class ChatFSLM(BaseChatModel):
     ) -> Runnable[LanguageModelInput, Any]:
         """A runnable whose reply is generated under ``schema`` and parsed into it.
 
-        The last stage generates under the schema's constraint (an engine that constrains decoding can only
-        write a valid object; see ``capabilities().constrained``), its prompt names the form with a compact
-        example, and its parser reads the reply strictly: unfinished JSON (a budget that ran out) is an error,
-        never a truncated object. A reply that does not parse is regenerated (the stage's ``parse_retries``)
-        and then raises :class:`~langchain_fslm.errors.StageOutputError`; with ``include_raw=True`` the last
-        reply is returned as ``raw`` instead, with ``parsed=None`` and the error as ``parsing_error``. A
-        :class:`~langchain_fslm.outputs.StageOutput` subclass is parsed from its own plain-text format.
+        The last stage generates under the schema's constraint and parses strictly (unfinished JSON is an
+        error, never a truncated object); a failure after the stage's retries raises
+        :class:`~langchain_fslm.errors.StageOutputError`, or with ``include_raw`` is returned as
+        ``parsing_error``. See docs/chat-model.md.
 
         Args:
             schema: A pydantic model (returns instances), a TypedDict or JSON-schema dict (returns dicts),

@@ -281,3 +281,20 @@ def start_stream_run(
     )
     run_id = config.get("run_id") or uuid4()
     return {**config, "callbacks": manager, "run_id": run_id}, StreamRun(manager, run_id)
+
+
+def ls_params(chat: Any, params: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> Any:
+    """LangSmith's parameters of a ``ChatFSLM`` call: provider, model, and the last stage's settings."""
+    params["ls_provider"] = "fslm"
+    params["ls_model_name"] = kwargs.get("model") or chat._model
+    params["ls_model_type"] = "chat"
+    temperature = kwargs.get("temperature", chat.temperature)
+    if temperature is not None:
+        params["ls_temperature"] = temperature
+    max_tokens = kwargs.get("max_tokens", chat.max_tokens)
+    if max_tokens is not None:
+        params["ls_max_tokens"] = max_tokens
+    stops = [*(chat.stop or []), *check_stops(stop)]
+    if stops:
+        params["ls_stop"] = stops
+    return params

@@ -70,18 +70,12 @@ class RemoteEngine(Engine):
 
     The OpenAI API has no tokenizer endpoint, so :meth:`count_tokens` and :meth:`token_ids` are an
     estimate (one token per word or punctuation mark; ``capabilities().token_counts_exact`` is False);
-    the token counts of generated replies are the server's own. It cannot score log-likelihoods or
-    compile decoding.
+    the token counts of generated replies are the server's own. It constrains decoding on a known server
+    (vLLM, llama.cpp), and cannot score log-likelihoods or compile decoding. See docs/scaling.md.
 
     Args:
         settings: Server settings, or a ``base_url`` string.
         **kwargs: Other :class:`RemoteSettings` fields when ``settings`` is a string.
-
-    Example:
-        .. code-block:: python
-
-            engine = RemoteEngine("http://127.0.0.1:8000/v1", model="HuggingFaceTB/SmolLM2-135M-Instruct")
-            engine.generate([GenerationRequest(prompt="Hi", adapter="intent")])
     """
 
     kind: ClassVar[str] = "remote"
@@ -112,32 +106,14 @@ class RemoteEngine(Engine):
         return EngineCapabilities(constrained=self.settings.server in CONSTRAINT_KINDS)
 
     def check_constraint(self, constraint: OutputConstraint, stage: str | None = None) -> None:
-        """Refuse, before any request, a constraint kind the server does not take.
-
-        Raises:
-            ConstraintError: Naming the stage, the constraint and what the server takes.
-        """
-        if self.settings.server not in CONSTRAINT_KINDS:
-            return  # an unknown server gets no constraint: the stage's validator checks the text
-        try:
-            constraint_fields(constraint, self.settings.server)
-        except ValueError as err:
-            where = f"stage {stage!r}: " if stage else ""
-            raise ConstraintError(f"{where}{constraint.describe()} cannot be sent: {err}") from None
+        """Refuse, before any request, a constraint kind the server does not take (``ConstraintError``)."""
+        check_sendable(constraint, self.settings.server, stage)
 
     def _fields(self, request: GenerationRequest) -> dict[str, Any]:
-        """The request's fields, with its constraint where the server takes constraints."""
         constraint = request.constraint if self.capabilities().constrained else None
         if constraint is not None:
             self.check_constraint(constraint, request.stage)
         return payload(request.config, self.settings.server, constraint)
-
-    def _refused(self, err: FSLMError, request: GenerationRequest) -> FSLMError:
-        """A 400 for a constrained request is the server refusing the constraint: say so, naming the stage."""
-        if request.constraint is None or not self.capabilities().constrained or "HTTP 400" not in str(err):
-            return err
-        where = f"stage {request.stage!r}: " if request.stage else ""
-        return ConstraintError(f"{where}the server refused {request.constraint.describe()}: {err}")
 
     # ----------------------------------------------------------------------------- prompts and tokens
     def render(self, prompt: str, system: str | None = None) -> str:
@@ -270,7 +246,9 @@ class RemoteEngine(Engine):
                 completion_tokens = usage.get("completion_tokens", 0)
                 finish = (gen.generation_info or {}).get("finish_reason") or "stop"
         except openai.OpenAIError as err:
-            raise self._refused(self.errors.translate(err, model, request.stage), request) from err
+            raise refused_constraint(
+                self.errors.translate(err, model, request.stage), request, fields
+            ) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             # langchain-openai lets these through for a 200 reply that is not a completion (a proxy's
             # HTML page, truncated JSON, no choices, no usage)
@@ -338,9 +316,35 @@ class RemoteEngine(Engine):
         try:
             yield from stream_until_stop(pieces(), request.config.stop)
         except openai.OpenAIError as err:
-            raise self._refused(self.errors.translate(err, model, request.stage), request) from err
+            raise refused_constraint(
+                self.errors.translate(err, model, request.stage), request, fields
+            ) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise self.errors.malformed(self.errors.where(model, request.stage), err) from err
+
+
+def check_sendable(constraint: OutputConstraint, server: str | None, stage: str | None = None) -> None:
+    """Refuse a constraint kind ``server`` does not take (an unknown server gets none: nothing to refuse).
+
+    Raises:
+        ConstraintError: Naming the stage, the constraint and what the server takes.
+    """
+    if server not in CONSTRAINT_KINDS:
+        return  # the stage's validator checks the text
+    try:
+        constraint_fields(constraint, server)
+    except ValueError as err:
+        where = f"stage {stage!r}: " if stage else ""
+        raise ConstraintError(f"{where}{constraint.describe()} cannot be sent: {err}") from None
+
+
+def refused_constraint(err: FSLMError, request: GenerationRequest, fields: dict[str, Any]) -> FSLMError:
+    """A 400 for a request that sent a constraint is the server refusing it: say so, naming the stage."""
+    sent = any(k in fields.get("extra_body", {}) for k in ("structured_outputs", "json_schema"))
+    if request.constraint is None or not sent or "HTTP 400" not in str(err):
+        return err
+    where = f"stage {request.stage!r}: " if request.stage else ""
+    return ConstraintError(f"{where}the server refused {request.constraint.describe()}: {err}")
 
 
 def _same_adapter(a: Path, b: Path) -> bool:
