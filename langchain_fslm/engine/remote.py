@@ -40,6 +40,8 @@ from langchain_fslm.engine.remote_http import (
     RemoteSettings,
     ServerClients,
     ServerErrors,
+    ServerRateLimitedError,
+    ServerTimeoutError,
     ServerUnreachableError,
     constraint_fields,
     payload,
@@ -56,6 +58,8 @@ __all__ = [
     "RemoteEngine",
     "RemoteEngineError",
     "RemoteSettings",
+    "ServerRateLimitedError",
+    "ServerTimeoutError",
     "ServerUnreachableError",
     "remote_engine",
     "remote_engine_from",
@@ -126,11 +130,18 @@ class RemoteEngine(Engine):
             raise ConstraintError(f"{where}{constraint.describe()} cannot be sent: {err}") from None
 
     def _fields(self, request: GenerationRequest) -> dict[str, Any]:
-        """The request's fields, with its constraint where the server takes constraints."""
+        """The request's fields, with its constraint where the server takes constraints.
+
+        They carry the request's deadline (from now) to the transport
+        (:mod:`~langchain_fslm.engine.remote_transport`), shared by every retry.
+        """
+        from langchain_fslm.engine.remote_transport import deadline_header
+
         constraint = request.constraint if self.capabilities().constrained else None
         if constraint is not None:
             self.check_constraint(constraint, request.stage)
-        return payload(request.config, self.settings.server, constraint)
+        fields = payload(request.config, self.settings.server, constraint)
+        return fields | {"extra_headers": deadline_header(self.settings.request_deadline)}
 
     def _refused(self, err: FSLMError, request: GenerationRequest) -> FSLMError:
         """A 400 for a constrained request is the server refusing the constraint: say so, naming the stage."""
@@ -232,8 +243,13 @@ class RemoteEngine(Engine):
         """Model names the server lists under ``/models`` (base model and LoRA modules)."""
         import openai
 
+        from langchain_fslm.engine.remote_transport import deadline_header
+
         try:
-            return [m.id for m in self.clients.openai().models.list()]
+            listing = self.clients.openai().models.list(
+                extra_headers=deadline_header(self.settings.request_deadline)
+            )
+            return [m.id for m in listing]
         except openai.NotFoundError as err:
             raise RemoteEngineError(
                 f"{self.base_url.rstrip('/')}/models answered HTTP 404: no OpenAI-compatible API there. "
@@ -307,8 +323,10 @@ class RemoteEngine(Engine):
         """
         import openai
 
+        from langchain_fslm.engine.remote_transport import body_errors
+
         model = self.model_name(request.adapter)
-        fields = self._fields(request)
+        fields = self._fields(request)  # the deadline runs from the first read of the stream
         sent = request_input(request, self.settings.api)
 
         def pieces() -> Iterator[str]:
@@ -339,6 +357,8 @@ class RemoteEngine(Engine):
             yield from stream_until_stop(pieces(), request.config.stop)
         except openai.OpenAIError as err:
             raise self._refused(self.errors.translate(err, model, request.stage), request) from err
+        except body_errors() as err:  # the connection broke while the stream was read
+            raise self.errors.broken(self.errors.where(model, request.stage), err) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise self.errors.malformed(self.errors.where(model, request.stage), err) from err
 
