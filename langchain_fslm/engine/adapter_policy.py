@@ -53,7 +53,10 @@ _REWRITES_BASE = (
 _VARIANT = "is a LoRA variant that the engine's mixed-adapter batching and compiled decoding cannot serve"
 
 MUST_BE_OFF: dict[str, str] = {
-    "bias": "trains the base model's biases, which loading would write over the shared base model",
+    "bias": (
+        "the adapter trained the base model's own biases, which the shared base model cannot take "
+        "(peft drops them or writes them over the base)"
+    ),
     "modules_to_save": (
         "keeps full copies of base modules, which peft swaps in for the shared base model's own "
         "(and neither the vLLM nor the llama.cpp export can serve)"
