@@ -21,7 +21,6 @@ from langchain_fslm.chain import FSLMChain, StackOutput
 from langchain_fslm.chat_runs import (
     STREAM_RUN,
     CallStacks,
-    StreamRun,
     TokenTally,
     call_settings,
     child_config,
@@ -112,10 +111,6 @@ class ChatFSLM(BaseChatModel):
             return False
         return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
 
-    def _stream_run(self, config: RunnableConfig | None, is_async: bool) -> tuple[RunnableConfig, StreamRun]:
-        """The config to start a streamed call with, and its :class:`StreamRun` (see there)."""
-        return start_stream_run(self, config, is_async)
-
     def stream(
         self,
         input: LanguageModelInput,
@@ -125,7 +120,7 @@ class ChatFSLM(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
         """Stream the reply; the stack's stage runs and handoff events reach the call's callbacks."""
-        config, run = self._stream_run(config, is_async=False)
+        config, run = start_stream_run(self, config, is_async=False)
         yield from super().stream(input, config, stop=stop, **{**kwargs, STREAM_RUN: run})
 
     async def astream(
@@ -137,7 +132,7 @@ class ChatFSLM(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """Async :meth:`stream`."""
-        config, run = self._stream_run(config, is_async=True)
+        config, run = start_stream_run(self, config, is_async=True)
         async for chunk in super().astream(input, config, stop=stop, **{**kwargs, STREAM_RUN: run}):
             yield chunk
 

@@ -10,14 +10,11 @@ The server's settings, request fields and error mapping are in :mod:`~langchain_
 
 from __future__ import annotations
 
-import filecmp
 import re
-import shutil
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_fslm.engine.base import (
@@ -29,6 +26,7 @@ from langchain_fslm.engine.base import (
     stream_until_stop,
 )
 from langchain_fslm.engine.constraint import OutputConstraint
+from langchain_fslm.engine.remote_adapters import RemoteAdapters
 from langchain_fslm.engine.remote_http import (
     CONSTRAINT_KINDS,
     CONTEXT_LENGTH_ERRORS,
@@ -40,12 +38,14 @@ from langchain_fslm.engine.remote_http import (
     RemoteSettings,
     ServerClients,
     ServerErrors,
+    ServerRateLimitedError,
+    ServerTimeoutError,
     ServerUnreachableError,
     constraint_fields,
     payload,
     request_input,
 )
-from langchain_fslm.errors import AdapterError, ConstraintError, FSLMError
+from langchain_fslm.errors import ConstraintError, FSLMError
 
 __all__ = [
     "CONTEXT_LENGTH_ERRORS",
@@ -56,6 +56,8 @@ __all__ = [
     "RemoteEngine",
     "RemoteEngineError",
     "RemoteSettings",
+    "ServerRateLimitedError",
+    "ServerTimeoutError",
     "ServerUnreachableError",
     "remote_engine",
     "remote_engine_from",
@@ -65,7 +67,7 @@ _PIECES = re.compile(r"\w+|[^\w\s]")
 """Words and punctuation marks: the estimate of tokens where the server's tokenizer is out of reach."""
 
 
-class RemoteEngine(Engine):
+class RemoteEngine(RemoteAdapters, Engine):
     """An :class:`~langchain_fslm.engine.base.Engine` whose text comes from an OpenAI-compatible server.
 
     The OpenAI API has no tokenizer endpoint, so :meth:`count_tokens` and :meth:`token_ids` are an
@@ -110,10 +112,14 @@ class RemoteEngine(Engine):
         check_sendable(constraint, self.settings.server, stage)
 
     def _fields(self, request: GenerationRequest) -> dict[str, Any]:
+        # the request's deadline (from now) travels to the transport (remote_transport), shared by retries
+        from langchain_fslm.engine.remote_transport import deadline_header
+
         constraint = request.constraint if self.capabilities().constrained else None
         if constraint is not None:
             self.check_constraint(constraint, request.stage)
-        return payload(request.config, self.settings.server, constraint)
+        fields = payload(request.config, self.settings.server, constraint)
+        return fields | {"extra_headers": deadline_header(self.settings.request_deadline)}
 
     # ----------------------------------------------------------------------------- prompts and tokens
     def render(self, prompt: str, system: str | None = None) -> str:
@@ -132,66 +138,6 @@ class RemoteEngine(Engine):
         """Estimated number of tokens: words and punctuation marks (BPE models use somewhat more)."""
         return len(_PIECES.findall(text))
 
-    # ----------------------------------------------------------------------------- adapters
-    def load_adapter(self, name: str, path: str | Path) -> None:
-        """Register the local copy of an adapter the server serves as model ``name``.
-
-        The server loads its own copy (``--lora-modules name=PATH``); the local one is kept so the stack
-        can be saved again.
-
-        Raises:
-            AdapterError: If the adapter files are missing.
-        """
-        path = Path(path)
-        for required in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (path / required).is_file():
-                raise AdapterError(f"Adapter {name!r}: {path / required} is missing.")
-        with self._lock:
-            self._register(name, path)
-
-    def _register(self, name: str, path: Path) -> None:
-        known = self.adapter_paths.get(name)
-        if known is not None and not _same_adapter(Path(known), path):
-            # the server serves one model per name: two stacks cannot both call theirs 'intent'
-            raise AdapterError(
-                f"Adapter {name!r}: {self!r} already serves model {name!r} from {known}, and {path} holds "
-                "a different adapter. Use one RemoteEngine (and one server) per stack, or map the names "
-                "apart with adapter_models."
-            )
-        self.adapter_paths[name] = str(path)
-        self.adapter_users[name] = self.adapter_users.get(name, 0) + 1
-
-    def release_adapter(self, name: str) -> None:
-        """Give back one :meth:`load_adapter`; the last one forgets the registration.
-
-        The server keeps serving its own copy; only this engine stops knowing the local one.
-
-        Raises:
-            AdapterError: If no adapter of that name is registered.
-        """
-        with self._lock:
-            if name not in self.adapter_paths:
-                raise AdapterError(f"No adapter named {name!r} is registered with {self!r}.")
-            users = self.adapter_users.get(name, 1) - 1
-            if users > 0:
-                self.adapter_users[name] = users
-            else:
-                self.adapter_paths.pop(name, None)
-                self.adapter_users.pop(name, None)
-
-    def has_adapter(self, name: str) -> bool:
-        """Whether an adapter of that name was registered (the server is not asked)."""
-        return name in self.adapter_paths
-
-    def save_adapter(self, name: str, folder: str | Path) -> None:
-        """Copy a registered adapter's files to ``folder``."""
-        if name not in self.adapter_paths:
-            raise AdapterError(f"No adapter named {name!r} is registered with {self!r}.")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for file in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(Path(self.adapter_paths[name]) / file, folder / file)
-
     def model_name(self, adapter: str | None) -> str:
         """The served model name a request with this adapter asks for (also the name in traces)."""
         if adapter is not None:
@@ -208,8 +154,13 @@ class RemoteEngine(Engine):
         """Model names the server lists under ``/models`` (base model and LoRA modules)."""
         import openai
 
+        from langchain_fslm.engine.remote_transport import deadline_header
+
         try:
-            return [m.id for m in self.clients.openai().models.list()]
+            listing = self.clients.openai().models.list(
+                extra_headers=deadline_header(self.settings.request_deadline)
+            )
+            return [m.id for m in listing]
         except openai.NotFoundError as err:
             raise RemoteEngineError(
                 f"{self.base_url.rstrip('/')}/models answered HTTP 404: no OpenAI-compatible API there. "
@@ -285,8 +236,10 @@ class RemoteEngine(Engine):
         """
         import openai
 
+        from langchain_fslm.engine.remote_transport import body_errors
+
         model = self.model_name(request.adapter)
-        fields = self._fields(request)
+        fields = self._fields(request)  # the deadline runs from the first read of the stream
         sent = request_input(request, self.settings.api)
 
         def pieces() -> Iterator[str]:
@@ -319,6 +272,8 @@ class RemoteEngine(Engine):
             raise refused_constraint(
                 self.errors.translate(err, model, request.stage), request, fields
             ) from err
+        except body_errors() as err:  # the connection broke while the stream was read
+            raise self.errors.broken(self.errors.where(model, request.stage), err) from err
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise self.errors.malformed(self.errors.where(model, request.stage), err) from err
 
@@ -345,13 +300,6 @@ def refused_constraint(err: FSLMError, request: GenerationRequest, fields: dict[
         return err
     where = f"stage {request.stage!r}: " if request.stage else ""
     return ConstraintError(f"{where}the server refused {request.constraint.describe()}: {err}")
-
-
-def _same_adapter(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    files = ("adapter_config.json", "adapter_model.safetensors")
-    return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
 def remote_engine_from(remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None) -> Engine:

@@ -30,6 +30,25 @@ class ServerUnreachableError(RemoteEngineError, ConnectionError):
     """No answer from the server (refused, DNS, or timed out after every retry); names the URL."""
 
 
+class ServerTimeoutError(ServerUnreachableError, TimeoutError):
+    """A request did not finish within its deadline (:attr:`RemoteSettings.request_deadline`).
+
+    The message says whether the server sent nothing or was still sending (a slow or stalled server).
+    """
+
+
+class ServerRateLimitedError(RemoteEngineError):
+    """The server refused with HTTP 429 (or 503) and asked to retry later than the deadline allows.
+
+    Attributes:
+        retry_after: Seconds the server asked to wait (None when it named none).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 CONTEXT_LENGTH_ERRORS = (
     "maximum context length",
     "context_length_exceeded",
@@ -54,8 +73,14 @@ class RemoteSettings(BaseModel):
             without a chat template, so only for such models).
         server: ``vllm`` or ``llamacpp``: which server it is, so the repetition penalty goes only under
             the name that server reads. None: under both (the other server ignores, or logs, the field).
-        timeout: Seconds to wait for one HTTP request.
-        max_retries: Retries on connection errors, timeouts, 408/409/429 and 5xx (with backoff).
+        timeout: Seconds each network step may take: connecting, and each read of the reply (httpx's
+            timeouts). A server that keeps sending, however slowly, never trips it: ``deadline`` does.
+        max_retries: Retries on connection errors, timeouts, 408/409/429 and 5xx (with backoff, or the
+            server's ``Retry-After``).
+        deadline: Seconds one request may take in all: every attempt, the pauses between them and, for
+            a stream, the whole stream. None: ``timeout * (max_retries + 1)``. Past it the request
+            ends with :class:`ServerTimeoutError`; a ``Retry-After`` longer than the time left ends it at
+            once with :class:`ServerRateLimitedError`. Raise it for long generations.
         max_concurrency: Requests in flight at once when a stage runs a batch.
         adapter_models: Adapter name -> served model name, where they differ (default: the same).
     """
@@ -69,8 +94,14 @@ class RemoteSettings(BaseModel):
     server: Literal["vllm", "llamacpp"] | None = None
     timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    deadline: float | None = Field(default=None, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
     adapter_models: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def request_deadline(self) -> float:
+        """Seconds one request may take in all: ``deadline``, else ``timeout * (max_retries + 1)``."""
+        return self.deadline if self.deadline is not None else self.timeout * (self.max_retries + 1)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RemoteSettings:
@@ -178,11 +209,14 @@ class ServerClients:
             if self._openai is None:
                 import openai
 
+                from langchain_fslm.engine.remote_transport import http_client
+
                 self._openai = openai.OpenAI(
                     base_url=self.settings.base_url,
                     api_key=self.settings.api_key,
                     timeout=self.settings.timeout,
                     max_retries=self.settings.max_retries,
+                    http_client=http_client(self.settings.timeout, self.settings.request_deadline),
                 )
             return self._openai
 
@@ -251,16 +285,11 @@ class ServerErrors:
         import openai
 
         where = self.where(model, stage)
-        if isinstance(err, openai.APITimeoutError):
-            return ServerUnreachableError(
-                f"The server at {where} did not answer within {self.settings.timeout:g}s "
-                f"({self.settings.max_retries} retries)."
-            )
+        timed = self._timing(err, where)
+        if timed is not None:
+            return timed
         if isinstance(err, openai.APIConnectionError):
-            return ServerUnreachableError(
-                f"Cannot reach the server at {where} after {self.settings.max_retries} retries: "
-                f"{err.__cause__ or err}. Is it running?"
-            )
+            return self._connection(err, where)
         if isinstance(err, openai.NotFoundError) and model is not None:
             return self.not_served(err, model, stage)
         if isinstance(err, openai.BadRequestError) and any(
@@ -269,9 +298,89 @@ class ServerErrors:
             # no stage here: the stage adds "Stage 'x': " to this error, as to the local engine's
             where = self.where(model)
             return PromptTooLongError(f"The server at {where} refused the prompt as too long: {err.message}")
+        if isinstance(err, openai.APIStatusError) and err.status_code == 429:
+            from langchain_fslm.engine.remote_transport import retry_after
+
+            wait = retry_after(err.response.headers)
+            asked = f", asking to retry after {wait:g}s" if wait is not None else ""
+            return ServerRateLimitedError(
+                f"The server at {where} is rate limiting this client (HTTP 429{asked}) after "
+                f"{self.settings.max_retries} retries: {err.message}",
+                wait,
+            )
         if isinstance(err, openai.APIStatusError):
             return RemoteEngineError(f"The server at {where} answered HTTP {err.status_code}: {err.message}")
         return RemoteEngineError(f"Request to the server at {where} failed: {err}")
+
+    def _timing(self, err: Exception, where: str) -> FSLMError | None:
+        """The error for a request that ran out of time, or None when ``err`` is not about time."""
+        import openai
+
+        from langchain_fslm.engine.remote_transport import DeadlineExceeded, RetryAfterTooLong
+
+        s = self.settings
+        if isinstance(err, DeadlineExceeded):
+            if err.received:
+                return ServerTimeoutError(
+                    f"The server at {where} was still sending its reply when the request's deadline of "
+                    f"{err.deadline_s:g}s passed ({err.received} bytes received, attempt {err.attempts}): "
+                    "a slow or stalled server (a stream of keep-alives alone counts as one). Raise "
+                    "RemoteSettings.deadline for long generations."
+                )
+            return ServerTimeoutError(
+                f"The server at {where} did not answer within {err.deadline_s:g}s (the request's "
+                f"deadline; {err.attempts} attempt(s), timeout {s.timeout:g}s each)."
+            )
+        if isinstance(err, RetryAfterTooLong):
+            what = "is rate limiting this client" if err.status == 429 else "is overloaded"
+            return ServerRateLimitedError(
+                f"The server at {where} {what} (HTTP {err.status}) and asks to retry after "
+                f"{err.retry_after:g}s, beyond the {err.left:.1f}s left of the request's deadline of "
+                f"{s.request_deadline:g}s: retry later, or raise RemoteSettings.deadline.",
+                err.retry_after,
+            )
+        if isinstance(err, openai.APITimeoutError):
+            causes = [err.__cause__, getattr(err.__cause__, "__cause__", None)]
+            if "ConnectTimeout" in {type(c).__name__ for c in causes}:
+                return ServerTimeoutError(
+                    f"Could not connect to the server at {where} within {s.timeout:g}s "
+                    f"({s.max_retries} retries). Is it running, and is the address right?"
+                )
+            return ServerTimeoutError(
+                f"The server at {where} accepted the connection but did not answer within "
+                f"{s.timeout:g}s ({s.max_retries} retries)."
+            )
+        return None
+
+    def _connection(self, err: Exception, where: str) -> FSLMError:
+        """The error for a connection that failed: refused, redirected in a loop, or closed mid-reply."""
+        cause = err.__cause__
+        while cause is not None and type(cause).__module__.startswith(("openai", "langchain_openai")):
+            cause = cause.__cause__  # langchain-openai re-raises openai's error, whose cause is httpx's
+        kind = type(cause).__name__
+        retries = self.settings.max_retries
+        if kind == "TooManyRedirects":
+            return RemoteEngineError(
+                f"The server at {where} redirected the request too many times (a redirect loop): {cause}. "
+                "Check base_url (the API root, e.g. http://HOST:8000/v1) and any proxy in front."
+            )
+        if kind in ("RemoteProtocolError", "ReadError"):
+            return self.broken(where, cause or err, retries)
+        if kind in ("ConnectError", "ConnectionRefusedError", "OSError", "NoneType"):
+            return ServerUnreachableError(
+                f"Cannot reach the server at {where} after {retries} retries: {cause or err}. Is it running?"
+            )
+        return ServerUnreachableError(
+            f"Request to the server at {where} failed after {retries} retries: {cause}"
+        )
+
+    def broken(self, where: str, err: BaseException, retries: int = 0) -> RemoteEngineError:
+        """A connection the server closed in the middle of its reply."""
+        after = f" (after {retries} retries)" if retries else ""
+        return RemoteEngineError(
+            f"The server at {where} closed the connection in the middle of its reply{after}: {err}. "
+            "It may have crashed or been restarted, or a proxy cut the request."
+        )
 
     def malformed(self, where: str, err: Exception) -> RemoteEngineError:
         """A 200 reply that is not an OpenAI-compatible completion (a proxy's HTML page, cut JSON)."""
