@@ -15,6 +15,8 @@ class ZebraTeacher:
     name = "zebra"
 
     def write(self, spec, prompts):
+        if spec.name == "key_points":  # texts of each stage's type, or distillation drops them
+            return ["- zebras\n- more zebras" for _ in prompts]
         return ["The request asks about zebras, zebras, zebras." for _ in prompts]
 
 
