@@ -9,8 +9,8 @@ from langchain_fslm.engine.base import GenerationConfig
 from langchain_fslm.manifest import StageSpec
 
 INTENT_PROMPT = (
-    "Read the request and say in one sentence what it asks for and what kind of answer it needs.\n\n"
-    "Request: {input}"
+    "Read the request and say in one sentence what it asks for and what kind of answer it needs. "
+    "Do not answer it.\n\nRequest: {input}"
 )
 KEY_POINTS_PROMPT = (
     "Request: {input}\n"
@@ -53,7 +53,7 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
             name="intent",
             prompt=INTENT_PROMPT,
             output_type="intent",
-            generation=gen(48, ["\n"]),
+            generation=gen(44, ["\n"]),
             parse_retries=0,
             on_parse_error="pass_raw",
         ),
@@ -61,7 +61,7 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
             name="key_points",
             prompt=KEY_POINTS_PROMPT,
             output_type="key_points",
-            generation=gen(96, ["\n\n"]),
+            generation=gen(112, ["\n\n"]),
             parse_retries=0,
             on_parse_error="pass_raw",
         ),

@@ -52,7 +52,7 @@ DERIVABLE = ("key_points",)
 """Stages :func:`derive` can write from the reference alone."""
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_MAX_POINT = 100
+_MAX_POINT = 90
 
 
 def teacher_prompt(spec: StageSpec, fields: Mapping[str, Any], reference: str) -> str:
@@ -71,7 +71,7 @@ def teacher_prompt(spec: StageSpec, fields: Mapping[str, Any], reference: str) -
 def derive(stage: str, reference: str) -> str | None:
     """A stage's target written from the reference alone, or None where it cannot be.
 
-    ``key_points``: the reference's first two to four sentences (or lines), each cut to 100 characters
+    ``key_points``: the reference's first two to four sentences (or lines), each cut to 90 characters
     (what the key_points constraint allows), as ``- `` bullets; a reference of one sentence gives None
     (the teacher writes that record's points).
 
