@@ -250,7 +250,7 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, Engine):
             "repeat_penalty": config.repetition_penalty,
             "repeat_last_n": self.n_ctx,  # the whole context, like transformers' repetition_penalty
             "stream": True,  # streamed even inside generate: a stop sequence cancels the rest
-            "cache_prompt": True,
+            "cache_prompt": False,  # a reused prefix is re-evaluated in another batch shape: other logits
         }
         if config.seed is not None:
             body["seed"] = config.seed

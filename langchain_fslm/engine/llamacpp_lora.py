@@ -35,7 +35,7 @@ from langchain_fslm.errors import AdapterError
 from langchain_fslm.files import write_atomically
 from langchain_fslm.models.refs import ModelNotFoundError, cache_dir
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 """Part of the cache key: a change to the conversion makes every cached adapter stale."""
 
 ADAPTABLE = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -238,7 +238,12 @@ def _permute_rows(rows: Any, n_head: int) -> Any:
 
 
 def write_gguf_lora(plan: LoraPlan, base: BaseGGUF, target: Path, *, permute_qk: bool = True) -> Path:
-    """Write the planned adapter as a GGUF LoRA file at ``target`` (atomically), in float32.
+    """Write the planned adapter as a GGUF LoRA file at ``target`` (atomically), in float16.
+
+    float16 rather than float32: llama.cpp multiplies float32 LoRA matrices with other kernels when two
+    requests of one adapter are decoded together than when one is, which flipped near-tied greedy tokens
+    (3 of 24 texts changed under 8 threads); float16 gave every text its sequential result and agrees with
+    torch as closely (top-5 |Δlogprob| 0.0018 vs 0.0014).
 
     Args:
         plan: What :func:`plan_conversion` made of the folder.
@@ -253,7 +258,7 @@ def write_gguf_lora(plan: LoraPlan, base: BaseGGUF, target: Path, *, permute_qk:
     arrays: dict[str, Any] = {}
     with safe_open(str(plan.folder / WEIGHTS_FILE), framework="pt") as f:
         for key, (name, heads) in plan.tensors.items():
-            array = f.get_tensor(key).float().numpy().astype(np.float32)
+            array = f.get_tensor(key).float().numpy().astype(np.float16)
             if heads is not None and permute_qk:
                 array = _permute_rows(array, getattr(base, heads))
             arrays[name] = np.ascontiguousarray(array)

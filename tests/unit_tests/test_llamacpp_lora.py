@@ -74,8 +74,10 @@ def test_written_file_has_the_layout_llama_cpp_loads(tmp_path):
         a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
         n_out, n_in = SMOLLM2_SHAPES[module]
         assert list(a.shape) == [n_in, 8] and list(b.shape) == [8, n_out]  # ne = [in, r] and [r, out]
-        np.testing.assert_array_equal(np.asarray(a.data), weights[f"{prefix}.{module}.lora_A.weight"])
-        peft_b = weights[f"{prefix}.{module}.lora_B.weight"]
+        assert a.tensor_type.name == "F16" and b.tensor_type.name == "F16"
+        peft_a = weights[f"{prefix}.{module}.lora_A.weight"].astype(np.float16)
+        np.testing.assert_array_equal(np.asarray(a.data), peft_a)
+        peft_b = weights[f"{prefix}.{module}.lora_B.weight"].astype(np.float16)
         expected_b = peft_b if heads is None else _permute_rows(peft_b, heads)
         np.testing.assert_array_equal(np.asarray(b.data), expected_b)
         if heads is not None:
