@@ -163,3 +163,33 @@ def test_release_then_use_again(engine):
     before = engine.generate([request(max_new_tokens=6, adapter="a")])[0].text
     engine.release()
     assert engine.generate([request(max_new_tokens=6, adapter="a")])[0].text == before
+
+
+def test_a_stack_with_adapters_runs_saves_and_loads_on_llama_cpp(engine, adapters, tmp_path):
+    from langchain_fslm import FSLMChain, StageSpec
+    from langchain_fslm.engine.llamacpp import LlamaCppEngine
+
+    specs = [
+        StageSpec(
+            name="intent", prompt="Say what is asked: {input}", adapter="a", generation={"max_new_tokens": 6}
+        ),
+        StageSpec(name="answer", prompt="{input}\n{intent}", generation={"max_new_tokens": 6}),
+    ]
+    stack = FSLMChain.from_specs(specs, engine=engine, adapter_root=adapters["a"].parent)
+    try:
+        prompts = ["Why is the sky blue?", "Name a fruit."]
+        answers = [stack.invoke(p) for p in prompts]
+        assert all(answers) and stack.batch(prompts) == answers
+        folder = stack.save_pretrained(tmp_path / "stack")
+        manifest = json.loads((folder / "fslm_stack.json").read_text())
+        assert manifest["engine"] == "llamacpp"
+        again = FSLMChain.from_pretrained(folder, engine=engine)
+        assert again.invoke(prompts[0]) == answers[0]
+        again.release()
+    finally:
+        stack.release()
+    chosen = FSLMChain.default(engine="llamacpp", max_new_tokens=2)  # the registry's shared engine
+    try:
+        assert isinstance(chosen.stages[0].engine, LlamaCppEngine)
+    finally:
+        chosen.stages[0].engine.release()
