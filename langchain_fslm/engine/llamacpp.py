@@ -39,14 +39,12 @@ from langchain_fslm.engine.constraint import OutputConstraint
 from langchain_fslm.engine.llamacpp_lora import BaseGGUF, GGUFAdapters, read_base_gguf
 from langchain_fslm.engine.llamacpp_server import (
     LlamaCppError,
+    LlamaCppServer,
     RequestGate,
     grammar_of,
-    post_json,
     server_error,
-    server_params,
 )
 from langchain_fslm.engine.prompt_fit import PromptFit
-from langchain_fslm.errors import AdapterError
 from langchain_fslm.models.refs import BaseModelRef, ModelNotFoundError, resolve
 
 __all__ = ["LlamaCppEngine", "LlamaCppError", "get_llamacpp_engine", "grammar_of"]
@@ -62,7 +60,7 @@ class _Detokenizer:
         return str(self.engine._http("/detokenize", {"tokens": list(ids)})["content"])
 
 
-class LlamaCppEngine(PromptFit, GGUFAdapters, Engine):
+class LlamaCppEngine(PromptFit, GGUFAdapters, LlamaCppServer, Engine):
     """A GGUF base model on llama.cpp, with the LoRA adapters of every stack on it.
 
     Args:
@@ -130,68 +128,11 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, Engine):
         """Tokens (prompt + generation) one request may use: the server's context."""
         return self.n_ctx
 
-    # ----------------------------------------------------------------------------- the server
-    def _start(self) -> None:
-        """(Re)start the server with every loaded adapter; called with the gate held alone."""
-        import xllamacpp
-
-        names = sorted(self.adapter_files)
-        self._server = None  # the old server shuts down before the new one loads the model
-        try:
-            loras = [self.adapter_files[n] for n in names]
-            self._server = xllamacpp.Server(
-                server_params(
-                    self.gguf.path,
-                    n_parallel=self.n_parallel,
-                    n_ctx=self.n_ctx,
-                    n_threads=self.n_threads,
-                    loras=loras,
-                )
-            )
-        except RuntimeError as err:  # llama.cpp says only "Failed to init server" (its log has why)
-            files = ", ".join(str(self.adapter_files[n]) for n in names) or "none"
-            raise LlamaCppError(
-                f"llama.cpp could not start on {self.gguf.path} (adapters: {files}): {err}"
-            ) from err
-        self._served = list(names)
-
-    def _ensure(self, adapters: Sequence[str | None]) -> None:
-        """Start the server, or restart it where a wanted adapter was loaded after the start."""
-        wanted = {a for a in adapters if a}
-        with self._lock:
-            missing = sorted(a for a in wanted if a not in self.adapter_files)
-            if missing:
-                raise AdapterError(
-                    f"Adapter(s) {missing} requested but not loaded (was the stack released?)."
-                )
-            if self._server is not None and wanted <= set(self._served):
-                return
-        with self._gate.alone(), self._lock:
-            if self._server is None or not wanted <= set(self._served):
-                self._start()
-
-    def release(self) -> None:
-        """Shut the server down (after the requests in flight); a later call starts it again."""
-        with self._gate.alone(), self._lock:
-            self._server = None
-            self._served = []
-
-    close = release
-
     def __enter__(self) -> LlamaCppEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-    def _http(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the server's loopback listener (tokenizer and template endpoints)."""
-        while True:
-            self._ensure([])
-            with self._gate.request():
-                server = self._server
-                if server is not None:  # else released in between: start again
-                    return post_json(server.listening_address, path, body)
 
     # ----------------------------------------------------------------------------- prompts and tokens
     def render(self, prompt: str, system: str | None = None) -> str:
@@ -300,21 +241,6 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, Engine):
             completion_tokens=int(usage.get("completion_tokens", state["n"])),
             finish_reason="stop" if hit else str(state["finish"]),
         )
-
-    def _submit(self, body: dict[str, Any], adapter: str | None, callback: Any = None) -> Any:
-        """Send a completion with the full adapter list (``adapter`` at scale 1), restarting if needed."""
-        while True:
-            self._ensure([adapter])
-            with self._gate.request():
-                with self._lock:
-                    served, server = list(self._served), self._server
-                if server is None or (adapter and adapter not in served):
-                    continue  # released or restarted in between: start again
-                loras = [{"id": i, "scale": 1.0 if n == adapter and n else 0.0} for i, n in enumerate(served)]
-                sent = {**body, "lora": loras}
-                if callback is None:
-                    return server.handle_completions({**sent, "stream": False})
-                return server.handle_completions(sent, callback)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Complete every request, up to ``n_parallel`` at once (decoded together by the server), in order.

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from langchain_fslm.engine.constraint import OutputConstraint
-from langchain_fslm.errors import ConstraintError, FSLMError, PromptTooLongError
+from langchain_fslm.engine.llamacpp_lora import BaseGGUF
+from langchain_fslm.errors import AdapterError, ConstraintError, FSLMError, PromptTooLongError
 
-__all__ = ["JSON_OPTIONS", "LlamaCppError", "RequestGate", "grammar_of", "post_json", "server_error"]
+__all__ = [
+    "JSON_OPTIONS",
+    "LlamaCppError",
+    "LlamaCppServer",
+    "RequestGate",
+    "grammar_of",
+    "post_json",
+    "server_error",
+]
 
 
 # The JSON layout the local engine constrains to: ", " and ": " separators (a small model writes the values
@@ -142,3 +151,96 @@ def server_error(error: Any, stage: str | None) -> FSLMError:
     if info.get("type") == "exceed_context_size_error":
         return PromptTooLongError(f"llama.cpp refused {where}: {message}")
     return LlamaCppError(f"llama.cpp failed on {where}: {message}")
+
+
+class LlamaCppServer:
+    """The server of :class:`~langchain_fslm.engine.llamacpp.LlamaCppEngine`: start, restart, requests.
+
+    Attributes:
+        gguf: The base model file's metadata.
+        n_parallel: Server slots.
+        n_ctx: Context tokens per slot.
+        n_threads: CPU threads.
+        adapter_files: Loaded adapter name -> its GGUF LoRA file.
+    """
+
+    gguf: BaseGGUF
+    n_parallel: int
+    n_ctx: int
+    n_threads: int
+    adapter_files: dict[str, Path]
+    _server: Any
+    _served: list[str | None]  # lora id -> adapter name (None: released since the start)
+    _lock: threading.RLock
+    _gate: RequestGate
+
+    def _start(self) -> None:
+        """(Re)start the server with every loaded adapter; called with the gate held alone."""
+        import xllamacpp
+
+        names = sorted(self.adapter_files)
+        self._server = None  # the old server shuts down before the new one loads the model
+        try:
+            loras = [self.adapter_files[n] for n in names]
+            self._server = xllamacpp.Server(
+                server_params(
+                    self.gguf.path,
+                    n_parallel=self.n_parallel,
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads,
+                    loras=loras,
+                )
+            )
+        except RuntimeError as err:  # llama.cpp says only "Failed to init server" (its log has why)
+            files = ", ".join(str(self.adapter_files[n]) for n in names) or "none"
+            raise LlamaCppError(
+                f"llama.cpp could not start on {self.gguf.path} (adapters: {files}): {err}"
+            ) from err
+        self._served = list(names)
+
+    def _ensure(self, adapters: Sequence[str | None]) -> None:
+        """Start the server, or restart it where a wanted adapter was loaded after the start."""
+        wanted = {a for a in adapters if a}
+        with self._lock:
+            missing = sorted(a for a in wanted if a not in self.adapter_files)
+            if missing:
+                raise AdapterError(
+                    f"Adapter(s) {missing} requested but not loaded (was the stack released?)."
+                )
+            if self._server is not None and wanted <= set(self._served):
+                return
+        with self._gate.alone(), self._lock:
+            if self._server is None or not wanted <= set(self._served):
+                self._start()
+
+    def release(self) -> None:
+        """Shut the server down (after the requests in flight); a later call starts it again."""
+        with self._gate.alone(), self._lock:
+            self._server = None
+            self._served = []
+
+    close = release
+
+    def _http(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the server's loopback listener (tokenizer and template endpoints)."""
+        while True:
+            self._ensure([])
+            with self._gate.request():
+                server = self._server
+                if server is not None:  # else released in between: start again
+                    return post_json(server.listening_address, path, body)
+
+    def _submit(self, body: dict[str, Any], adapter: str | None, callback: Any = None) -> Any:
+        """Send a completion with the full adapter list (``adapter`` at scale 1), restarting if needed."""
+        while True:
+            self._ensure([adapter])
+            with self._gate.request():
+                with self._lock:
+                    served, server = list(self._served), self._server
+                if server is None or (adapter and adapter not in served):
+                    continue  # released or restarted in between: start again
+                loras = [{"id": i, "scale": 1.0 if n == adapter and n else 0.0} for i, n in enumerate(served)]
+                sent = {**body, "lora": loras}
+                if callback is None:
+                    return server.handle_completions({**sent, "stream": False})
+                return server.handle_completions(sent, callback)
