@@ -84,14 +84,25 @@ def run(
         bool,
         typer.Option(help="Allow a stack whose base model needs code from its repository (it runs)."),
     ] = False,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(
+            help="What runs the stages: torch (transformers + peft), llamacpp (llama.cpp, GGUF bases) or "
+            "auto (llamacpp on a GGUF base). Default: the stack's manifest, else $FSLM_ENGINE, else torch; "
+            "torch with --compile-decode. See docs/engines.md."
+        ),
+    ] = None,
 ) -> None:
     """Answer PROMPT with a stack, streaming the answer (and, if asked, each handoff as it completes)."""
     from langchain_fslm.chain import FSLMChain
+    from langchain_fslm.engine.registry import ENGINE_CHOICES
     from langchain_fslm.errors import FSLMError
     from langchain_fslm.handoff import FINAL_TARGET, HandoffLogger
     from langchain_fslm.inputs import input_to_text
     from langchain_fslm.models import ModelNotFoundError
 
+    if engine is not None and engine not in ENGINE_CHOICES:
+        raise fail(f"--engine must be one of {', '.join(ENGINE_CHOICES)}; got {engine!r}")
     try:
         input_to_text(prompt)  # an empty request fails before any weights load
         if stack is not None:
@@ -119,12 +130,18 @@ def run(
                 base_model=base,
                 compile_decode=compile_decode,
                 trust_remote_code=trust_remote_code,
+                engine=engine,  # type: ignore[arg-type]  # checked above
             )
             if max_new_tokens:
                 for s in chain.stages:
                     chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
         else:
-            chain = FSLMChain.default(base, max_new_tokens=max_new_tokens, compile_decode=compile_decode)
+            chain = FSLMChain.default(
+                base,
+                max_new_tokens=max_new_tokens,
+                compile_decode=compile_decode,
+                engine=engine,  # type: ignore[arg-type]  # checked above
+            )
         logger = HandoffLogger(handoff_log, on_record=show if show_handoffs else None)
         started = False
         for piece in chain.stream(prompt, config={"callbacks": [logger]}):
@@ -133,7 +150,7 @@ def run(
             started = True
             typer.echo(piece, nl=False)
         typer.echo()
-    except (FSLMError, ModelNotFoundError) as err:
+    except (FSLMError, ModelNotFoundError, ValueError) as err:  # ValueError: engine vs compile_decode
         raise fail(str(err)) from None
 
 

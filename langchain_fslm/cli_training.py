@@ -246,7 +246,12 @@ def heldout(
     try:
         _, rows = split_heldout(load_alpaca(data), n_heldout, seed)
         rows = rows[:limit] if limit else rows
-        chain = FSLMChain.from_pretrained(stack, base_model=base) if stack else base_chain(base)
+        # the reference likelihoods need the torch engine, whatever the default engine is
+        chain = (
+            FSLMChain.from_pretrained(stack, base_model=base, engine="torch")
+            if stack
+            else base_chain(base, engine="torch")
+        )
         if max_new_tokens:
             for s in chain.stages:
                 chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)

@@ -98,6 +98,8 @@ class StackManifest(BaseModel):
     base_model: BaseModelRef = Field(default_factory=BaseModelRef)
     stages: list[StageSpec] = Field(min_length=1)
     description: str = ""
+    # which in-process engine runs the local stages: torch, llamacpp (GGUF bases), auto; None: the default
+    engine: Literal["auto", "llamacpp", "torch"] | None = None
 
     @field_validator("format_version")
     @classmethod
@@ -192,5 +194,8 @@ def load_manifest(folder: str | Path) -> StackManifest:
 
 def dump_manifest(manifest: StackManifest, folder: Path) -> None:
     """Write the manifest file into ``folder`` (used inside :func:`write_stack_atomically`)."""
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
+    data = manifest.model_dump(mode="json")
+    if data.get("engine") is None:  # written only when chosen: manifests stay readable by older versions
+        data.pop("engine", None)
+    text = json.dumps(data, indent=2) + "\n"
     (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")

@@ -123,7 +123,9 @@ class TextStream:
         return "" if self._started else _clean(self._head)
 
 
-INTENT_PATTERN = r"The request asks (?:for|to|about|how|what|why|which|who|whether|if|me to) [^\n.!?]{4,120}\."
+INTENT_PATTERN = (
+    r"The request asks (?:for|to|about|how|what|why|which|who|whether|if|me to) [^\n.!?]{4,120}\."
+)
 """What an intent may be while decoding: one sentence that describes the request ("The request asks for ...",
 "... how ...", "... me to ..."), at most about 150 characters, with no other sentence end inside it. The
 frame keeps the stage in its role: unframed, the zero-shot 135M model answered the request in most intents;

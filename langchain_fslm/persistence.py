@@ -169,7 +169,7 @@ def base_model_for(
 
 def stack_manifest(stack: FSLMChain, adapter_dir: str = ADAPTERS_DIR) -> StackManifest:
     """The manifest of a stack: each stage's spec, its adapter at ``adapter_dir/<stage>``, its engine kind."""
-    from langchain_fslm.engine.registry import kind_of
+    from langchain_fslm.engine.registry import engine_choice_of, kind_of
 
     specs = [
         s.spec.model_copy(
@@ -186,4 +186,5 @@ def stack_manifest(stack: FSLMChain, adapter_dir: str = ADAPTERS_DIR) -> StackMa
         base_model=(stack.base_model or BaseModelRef()).absolute(),
         stages=specs,
         description=stack.description,
+        engine=engine_choice_of(s.engine for s in stack.stages),
     )

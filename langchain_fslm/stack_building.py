@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_fslm.engine.base import Engine
-from langchain_fslm.engine.registry import assemble_stages
+from langchain_fslm.engine.registry import EngineChoice, assemble_stages
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
 from langchain_fslm.manifest import StackManifest, StageSpec
 from langchain_fslm.models import BaseModelRef
@@ -34,7 +34,7 @@ class StackBuilding:
         specs: Sequence[StageSpec],
         *,
         base_model: BaseModelRef | str | None = None,
-        engine: Engine | None = None,
+        engine: Engine | EngineChoice | None = None,
         adapter_root: str | Path | None = None,
         backend: Literal["local", "remote"] | None = None,
         remote: RemoteEngine | RemoteSettings | Mapping[str, Any] | str | None = None,
@@ -46,7 +46,10 @@ class StackBuilding:
         Args:
             specs: Stage specs in order.
             base_model: Base model reference (default: the embedded SmolLM2-135M-Instruct).
-            engine: An engine to use instead of loading ``base_model`` (shared if already loaded).
+            engine: An engine to use instead of loading ``base_model`` (shared if already loaded), or
+                which shared engine runs the in-process stages: ``"torch"`` (transformers + peft),
+                ``"llamacpp"`` (llama.cpp on a GGUF base), ``"auto"`` (llama.cpp where the base is a GGUF
+                file). None: ``$FSLM_ENGINE``, else torch; torch whenever ``compile_decode`` is on.
             adapter_root: Folder that the specs' adapter paths are relative to.
             backend: ``local`` or ``remote`` for every stage; None: each spec's own ``backend``. The
                 engine of each kind comes from :func:`langchain_fslm.engine.registry.create_engine`.
@@ -90,6 +93,7 @@ class StackBuilding:
         *,
         max_new_tokens: int | None = None,
         compile_decode: bool = False,
+        engine: Engine | EngineChoice | None = None,
     ) -> FSLMChain:
         """The default four-stage stack (intent → key points → draft → answer), zero-shot.
 
@@ -97,11 +101,15 @@ class StackBuilding:
             base_model: Base model (default: the embedded SmolLM2-135M-Instruct).
             max_new_tokens: Override every stage's generation budget.
             compile_decode: Turn on compiled decoding in the local engine (see :meth:`from_specs`).
+            engine: An engine, or ``"torch"`` / ``"llamacpp"`` / ``"auto"`` (see :meth:`from_specs`).
         """
         from langchain_fslm.roles import default_stage_specs
 
         return cls.from_specs(
-            default_stage_specs(max_new_tokens), base_model=base_model, compile_decode=compile_decode
+            default_stage_specs(max_new_tokens),
+            base_model=base_model,
+            compile_decode=compile_decode,
+            engine=engine,
         )
 
     @classmethod
@@ -109,7 +117,7 @@ class StackBuilding:
         cls: Any,  # FSLMChain (a mixin cannot name its subclass as its own type)
         folder: str | Path,
         *,
-        engine: Engine | None = None,
+        engine: Engine | EngineChoice | None = None,
         base_model: BaseModelRef | str | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
@@ -121,7 +129,8 @@ class StackBuilding:
 
         Args:
             folder: The stack folder.
-            engine: An engine to use instead of loading the manifest's base model.
+            engine: An engine to use instead of loading the manifest's base model, or ``"torch"`` /
+                ``"llamacpp"`` / ``"auto"`` (see :meth:`from_specs`). Default: the manifest's ``engine``.
             base_model: Where the manifest's base model is on this machine: a source (folder,
                 ``.gguf``, hub id) replacing the manifest's, whose other settings (dtype, revision)
                 stay; or a whole :class:`BaseModelRef`. Default: the manifest's. The manifest stores
@@ -141,7 +150,7 @@ class StackBuilding:
         return cls.from_specs(
             manifest.stages,
             base_model=base,
-            engine=engine,
+            engine=engine if engine is not None else manifest.engine,
             adapter_root=folder,
             description=manifest.description,
             name=manifest.name,

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_fslm.engine.base import Engine, EngineCapabilities
 from langchain_fslm.engine.remote import RemoteEngine, RemoteSettings
-from langchain_fslm.models import BaseModelRef
+from langchain_fslm.models import BaseModelRef, ModelNotFoundError, resolve
 
 if TYPE_CHECKING:
     from langchain_fslm.manifest import StageSpec
@@ -103,8 +104,77 @@ def remote_engine_from(remote: Engine | RemoteSettings | Mapping[str, Any] | str
     return RemoteEngine(RemoteSettings.from_env(**dict(remote or {})))
 
 
+def _llamacpp_engine(ref: BaseModelRef, settings: Any) -> Engine:
+    from langchain_fslm.engine.llamacpp import get_llamacpp_engine  # light: xllamacpp loads at start
+
+    return get_llamacpp_engine(ref, **dict(settings or {}))
+
+
 register_engine("local", _local_engine)
+register_engine("torch", _local_engine)
+register_engine("llamacpp", _llamacpp_engine)
 register_engine("remote", lambda ref, settings: remote_engine_from(settings))
+
+
+# ----------------------------------------------------------------------------- which in-process engine
+EngineChoice = Literal["auto", "llamacpp", "torch"]
+"""What runs a stack's in-process stages: ``torch`` (transformers + peft: :class:`LocalEngine`),
+``llamacpp`` (llama.cpp on a GGUF base: :class:`LlamaCppEngine`), or ``auto``: llama.cpp where the base is
+a GGUF file, else torch."""
+ENGINE_CHOICES: tuple[str, ...] = ("auto", "llamacpp", "torch")
+DEFAULT_ENGINE: EngineChoice = "torch"
+"""The choice when neither the caller nor the manifest makes one (``$FSLM_ENGINE`` overrides it)."""
+ENV_ENGINE = "FSLM_ENGINE"
+
+
+def default_engine() -> str:
+    """The engine choice when none is given: ``$FSLM_ENGINE`` if set, else :data:`DEFAULT_ENGINE`.
+
+    Raises:
+        ValueError: If ``$FSLM_ENGINE`` names no choice.
+    """
+    choice = os.environ.get(ENV_ENGINE, "").strip().lower() or DEFAULT_ENGINE
+    if choice not in ENGINE_CHOICES:
+        raise ValueError(f"${ENV_ENGINE}={choice!r}; choose one of {list(ENGINE_CHOICES)}")
+    return choice
+
+
+def local_engine_kind(choice: str | None, ref: BaseModelRef, *, needs_torch: bool = False) -> str:
+    """The engine kind (``torch`` or ``llamacpp``) that runs a stack's in-process stages.
+
+    Args:
+        choice: ``auto``, ``llamacpp``, ``torch``, or None for :func:`default_engine`.
+        ref: The stack's base model.
+        needs_torch: The caller needs what only torch has (compiled decoding, scoring, training): an
+            ``auto`` or default choice becomes ``torch``; an explicit ``llamacpp`` is refused.
+
+    Raises:
+        ValueError: For an unknown choice, or ``llamacpp`` where torch is needed.
+    """
+    explicit = choice is not None
+    choice = default_engine() if choice is None else choice
+    if choice not in ENGINE_CHOICES:
+        raise ValueError(f"engine={choice!r}: choose one of {list(ENGINE_CHOICES)} (or pass an Engine)")
+    if needs_torch:
+        if choice == "llamacpp" and explicit:
+            raise ValueError(
+                "engine='llamacpp' cannot do this: compiled decoding, log-likelihood scoring and "
+                "training run on the torch engine (engine='torch')"
+            )
+        return "torch"
+    if choice == "auto":
+        try:
+            return "llamacpp" if resolve(ref).gguf_file else "torch"
+        except ModelNotFoundError:
+            return "torch"  # the torch engine reports the missing model
+    return choice
+
+
+def engine_choice_of(engines: Iterable[Any]) -> EngineChoice | None:
+    """A manifest's ``engine`` for a stack: ``llamacpp`` if a stage runs on llama.cpp, else None."""
+    from langchain_fslm.engine.llamacpp import LlamaCppEngine
+
+    return "llamacpp" if any(isinstance(e, LlamaCppEngine) for e in engines) else None
 
 
 # ----------------------------------------------------------------------------- asking engines
@@ -201,7 +271,7 @@ def assemble_stages(
     specs: Sequence[StageSpec],
     *,
     base_model: BaseModelRef | str | None = None,
-    engine: Engine | None = None,
+    engine: Engine | str | None = None,
     adapter_root: str | Path | None = None,
     backend: str | None = None,
     remote: Any = None,
@@ -209,9 +279,11 @@ def assemble_stages(
 ) -> StageAssembly:
     """Pick each stage's engine and load its adapter (see :meth:`FSLMChain.from_specs` for the arguments).
 
-    ``engine`` runs the ``local`` stages in place of the base model's shared engine; ``remote`` is the
-    settings of the ``remote`` kind. Adapters held in the process get a name unique to their files
-    (:func:`adapter_name`) and are recorded for release; a server serves each under the stage's name.
+    ``engine`` runs the ``local`` stages in place of the base model's shared engine, or names which
+    shared engine runs them (``"auto"``, ``"llamacpp"``, ``"torch"``; None: :func:`default_engine`, torch
+    where ``compile_decode`` asks for it); ``remote`` is the settings of the ``remote`` kind. Adapters
+    held in the process get a name unique to their files (:func:`adapter_name`) and are recorded for
+    release; a server serves each under the stage's name.
 
     Raises:
         ValueError: If ``compile_decode`` is asked of a stack without an engine that compiles.
@@ -219,13 +291,21 @@ def assemble_stages(
     """
     ref = BaseModelRef(source=base_model) if isinstance(base_model, str) else base_model
     kinds = [backend or spec.backend for spec in specs]
-    if engine is not None and ref is None and "local" in kinds:
-        ref = base_ref_of(engine)
-    elif engine is None or "local" not in kinds:
+    choice = engine if isinstance(engine, str) else None
+    given = engine if isinstance(engine, Engine) else None
+    if choice is not None:
+        local_engine_kind(choice, ref or BaseModelRef())  # a bad choice fails before anything loads
+    if given is not None and ref is None and "local" in kinds:
+        ref = base_ref_of(given)
+    elif given is None or "local" not in kinds:
         ref = ref or BaseModelRef()  # also kept for the manifest when no local model is loaded
-    engines: dict[str, Engine] = {"local": engine} if engine is not None and "local" in kinds else {}
+    engines: dict[str, Engine] = {"local": given} if given is not None and "local" in kinds else {}
     for kind in sorted(set(kinds) - set(engines), key=lambda k: k == "local"):  # servers first: cheap
-        engines[kind] = create_engine(kind, ref, remote if kind == "remote" else None)
+        if kind == "local":
+            local_kind = local_engine_kind(choice, ref or BaseModelRef(), needs_torch=compile_decode)
+            engines[kind] = create_engine(local_kind, ref)
+        else:
+            engines[kind] = create_engine(kind, ref, remote if kind == "remote" else None)
     if compile_decode:
         local = engines.get("local")
         if local is None or not capabilities_of(local).compile_decode:

@@ -53,9 +53,10 @@ def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
     """A stack from a folder (on ``base`` if given), else the default zero-shot stack on ``base``."""
     from langchain_fslm.chain import FSLMChain
 
+    # scoring needs the torch engine (log-likelihoods), whatever the default engine is
     if stack:
-        return FSLMChain.from_pretrained(stack, base_model=base)
-    return FSLMChain.default(base)
+        return FSLMChain.from_pretrained(stack, base_model=base, engine="torch")
+    return FSLMChain.default(base, engine="torch")
 
 
 @register_model("fslm")

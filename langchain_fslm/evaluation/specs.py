@@ -111,14 +111,16 @@ def resolve_spec(spec: str, *, max_new_tokens: int = 64) -> ResolvedSpec:
     from langchain_fslm.chain import FSLMChain
 
     if spec == "default":
-        chain = FSLMChain.default().with_generation(max_new_tokens=max_new_tokens)
+        chain = FSLMChain.default(engine="torch").with_generation(max_new_tokens=max_new_tokens)
         engine = chain.stages[-1].engine
         return ResolvedSpec(spec, "fslm-default (zero-shot)", chain, True, getattr(engine, "tokenizer", None))
     if spec.startswith("stack:") or Path(spec).is_dir():
         folder = Path(spec.removeprefix("stack:"))
         if not folder.is_dir():
             raise ModelSpecError(f"Stack folder not found: {folder}")
-        chain = FSLMChain.from_pretrained(folder).with_generation(max_new_tokens=max_new_tokens)
+        chain = FSLMChain.from_pretrained(folder, engine="torch").with_generation(
+            max_new_tokens=max_new_tokens
+        )
         engine = chain.stages[-1].engine
         return ResolvedSpec(spec, folder.name, chain, True, getattr(engine, "tokenizer", None))
     if spec == "base" or spec.startswith("hf:"):
