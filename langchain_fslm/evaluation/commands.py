@@ -116,10 +116,20 @@ def eval_command(
     upstream_max_new_tokens: Annotated[
         Optional[int], typer.Option(min=1, help="Cap the upstream stages' generation budgets (faster).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Choices scored per forward pass (each question's context runs once).")
+    ] = 8,
+    upstream_batch_size: Annotated[
+        int, typer.Option(min=1, help="Questions per batched run of the upstream stages (--scoring stack).")
+    ] = 32,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("eval-results"),
 ) -> None:
-    """Score a stack on the local benchmark suite; write results.json, results.md and results.png."""
+    """Score a stack on the local benchmark suite; write results.json, results.md and results.png.
+
+    One progress bar counts the items of all tasks, names the task(s) being scored and estimates the
+    time left. Under --scoring stack the upstream stages generate for every question, which dominates
+    the time on CPU (see docs/evaluation.md for measured figures); --scoring last_stage is much faster.
+    """
     from langchain_fslm.errors import FSLMError
 
     _require_lm_eval()
@@ -139,6 +149,7 @@ def eval_command(
             scoring=scoring,
             batch_size=batch_size,
             upstream_max_new_tokens=upstream_max_new_tokens,
+            upstream_batch_size=upstream_batch_size,
         )
         results = evaluate(lm, names, limit=limit, full=full, seed=seed)
     except (FSLMError, ModelNotFoundError) as err:
@@ -148,7 +159,15 @@ def eval_command(
         "kind": "fslm-eval",
         "model": {"label": label, "stack": stack, "base": base, "scoring": scoring},
         "note": _sample_note(full, seed, limit),
-        "settings": {"tasks": names, "limit": limit, "full": full, "seed": seed, "batch_size": batch_size},
+        "settings": {
+            "tasks": names,
+            "limit": limit,
+            "full": full,
+            "seed": seed,
+            "batch_size": batch_size,
+            "upstream_batch_size": upstream_batch_size,
+            "upstream_max_new_tokens": upstream_max_new_tokens,
+        },
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **results,
     }
