@@ -240,7 +240,8 @@ def run_model(
         tokens_in = tokens_out = 0
         counted = True
         failure: Exception | None = None
-        for item in tqdm(items, desc=f"compare {model.label}"):
+        task = items[0].task if items else ""
+        for item in tqdm(items, desc=f"fslm compare {task} {model.label}", unit="item", dynamic_ncols=True):
             counter = UsageCounter(model.tokenizer)
             start = time.perf_counter()
             try:

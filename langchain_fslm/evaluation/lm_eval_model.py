@@ -236,7 +236,7 @@ class FSLMLM(LM):  # type: ignore[misc]
         for i, request in enumerate(requests):
             groups.setdefault(repr(sorted((request.args[1] or {}).items())), []).append(i)
         outputs = [""] * len(requests)
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="fslm generate")
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="fslm generate", unit="request")
         for indices in groups.values():
             gen_kwargs = dict(requests[indices[0]].args[1] or {})
             until = gen_kwargs.get("until") or []
