@@ -13,6 +13,7 @@ matching, the left truncated to the context window), the same positions, within 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,16 @@ def split_tokens(engine: LocalEngine, context: str, continuation: str) -> tuple[
     ids = whole[-engine.context_length :]
     n_cont = max(1, min(len(whole) - split, len(ids) - 1))
     return tuple(ids[:-n_cont]), ids[-n_cont:]
+
+
+def forward_params(engine: LocalEngine) -> set[str]:
+    """Names the engine's model's ``forward`` takes (under a peft wrapper, the base model's)."""
+    model = engine.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return set(inspect.signature(base.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _batches(groups: list[list[int]], rows: int) -> list[list[list[int]]]:
@@ -72,6 +83,10 @@ def shared_context_loglikelihood(
         Per pair: summed log-probability, whether the continuation is the greedy one, and its number
         of tokens (as :meth:`~langchain_fslm.engine.local.LocalEngine.loglikelihood`).
     """
+    params = forward_params(engine)
+    cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
+    if cache_arg is None:  # a model that takes no KV cache: score every row from scratch
+        return engine.loglikelihood(pairs, adapter=adapter, batch_size=batch_size)
     split = [split_tokens(engine, c, x) for c, x in pairs]
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (context, _) in enumerate(split):
@@ -79,7 +94,7 @@ def shared_context_loglikelihood(
     results: list[tuple[float, bool, int] | None] = [None] * len(pairs)
     groups = sorted(by_context.values(), key=lambda g: len(split[g[0]][0]))  # little padding per batch
     for batch in _batches(groups, max(1, batch_size)):
-        for i, scored in _score_batch(engine, split, batch, adapter):
+        for i, scored in _score_batch(engine, split, batch, adapter, cache_arg, "logits_to_keep" in params):
             results[i] = scored
     return [r for r in results if r is not None]
 
@@ -89,6 +104,8 @@ def _score_batch(
     split: list[tuple[tuple[int, ...], list[int]]],
     groups: list[list[int]],
     adapter: str | None,
+    cache_arg: str,
+    keep_last: bool,
 ) -> list[tuple[int, tuple[float, bool, int]]]:
     """Score the pairs of some context groups: one forward for the contexts, one for the continuations."""
     import torch
@@ -111,14 +128,17 @@ def _score_batch(
     if engine._takes_position_ids:  # a left-padded row starts at position 0, as in generate and loglikelihood
         ctx_kwargs["position_ids"] = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
         cont_kwargs["position_ids"] = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+    if keep_last:  # the contexts' last logits are all that is read
+        ctx_kwargs["logits_to_keep"] = 1
     with engine.lock, torch.inference_mode():
-        out = engine.model(
-            input_ids=ctx_ids, attention_mask=ctx_mask, use_cache=True, logits_to_keep=1, **ctx_kwargs
-        )
+        out = engine.model(input_ids=ctx_ids, attention_mask=ctx_mask, use_cache=True, **ctx_kwargs)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[owner]  # predicts each first token
-        cache = out.cache
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
         cache.reorder_cache(owner)  # one cache row per continuation
-        logits = engine.model(input_ids=cont_ids, attention_mask=full_mask, cache=cache, **cont_kwargs).logits
+        cont_kwargs[cache_arg] = cache
+        logits = engine.model(input_ids=cont_ids, attention_mask=full_mask, **cont_kwargs).logits
     rest = torch.log_softmax(logits.float(), dim=-1)
     scored: list[tuple[int, tuple[float, bool, int]]] = []
     for row, i in enumerate(members):

@@ -87,3 +87,17 @@ def test_evaluate_batches_across_tasks_with_one_bar_naming_them(capsys):
     assert per_task["items"]["winogrande"] == results["items"]["winogrande"]
     err = capsys.readouterr().err
     assert "fslm eval arc_easy" in err and "arc_easy+winogrande" in err and "10/10" in err and "item" in err
+
+
+def test_a_model_that_takes_no_kv_cache_is_scored_by_the_engine_path():
+    class NoCache:
+        def forward(self, input_ids, attention_mask=None):
+            raise AssertionError("not called")
+
+    class Engine:
+        model = NoCache()
+
+        def loglikelihood(self, pairs, adapter=None, batch_size=8):
+            return [(-1.5, False, 2) for _ in pairs]
+
+    assert shared_context_loglikelihood(Engine(), [("a", " b"), ("a", " c")]) == [(-1.5, False, 2)] * 2
