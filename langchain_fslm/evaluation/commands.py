@@ -117,7 +117,10 @@ def eval_command(
         Optional[int], typer.Option(min=1, help="Cap the upstream stages' generation budgets (faster).")
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Choices scored per forward pass (each question's context runs once).")
+        int,
+        typer.Option(
+            min=1, help="Questions scored per forward pass (each context once, then all its choices)."
+        ),
     ] = 8,
     upstream_batch_size: Annotated[
         int, typer.Option(min=1, help="Questions per batched run of the upstream stages (--scoring stack).")

@@ -64,6 +64,21 @@ def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
     return FSLMChain.default(base)
 
 
+def length_buckets(texts: Sequence[str], size: int, spread: float = 1.5) -> list[list[str]]:
+    """Batches of at most ``size`` texts of similar length (shortest first).
+
+    A batch is padded to its longest prompt, so a short question batched with a long one (TruthfulQA's
+    preamble beside an ARC question) computes mostly padding; a new batch starts when a text is more
+    than ``spread`` times (plus 200 characters) the length of the batch's first.
+    """
+    batches: list[list[str]] = []
+    for text in sorted(texts, key=len):
+        if not batches or len(batches[-1]) >= size or len(text) > spread * len(batches[-1][0]) + 200:
+            batches.append([])
+        batches[-1].append(text)
+    return batches
+
+
 @register_model("fslm")
 class FSLMLM(LM):  # type: ignore[misc]
     """An FSLM stack as an lm-eval language model.
@@ -74,7 +89,7 @@ class FSLMLM(LM):  # type: ignore[misc]
         base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct); with a
             stack folder, where its base model is on this machine (default: its manifest's).
         scoring: ``stack`` or ``last_stage`` (see the module docs).
-        batch_size: Continuations per forward pass when scoring (their contexts run in one forward before).
+        batch_size: Contexts per forward pass when scoring (their continuations run in one more).
         upstream_batch_size: Distinct contexts per batched run of the upstream stages (``scoring="stack"``).
         shared_contexts: Run each distinct scored context once and reuse its KV cache for every
             continuation (default); False scores each ``context + continuation`` row from scratch.
@@ -130,8 +145,9 @@ class FSLMLM(LM):  # type: ignore[misc]
     def upstream_states(self, contexts: Sequence[str]) -> list[dict[str, Any]]:
         """Run every stage but the last on each distinct context, return the states.
 
-        Contexts run ``upstream_batch_size`` at a time (one batched generation per stage); each state
-        is cached, so the choices of one question, and later calls, reuse it.
+        Contexts run up to ``upstream_batch_size`` at a time, in batches of similar length
+        (:func:`length_buckets`; one batched generation per stage); each state is cached, so the
+        choices of one question, and later calls, reuse it.
 
         A stage whose output does not parse hands its raw text on, as ``on_parse_error="pass_raw"``
         would, and a stage whose prompt is too long hands on an empty text: the item is scored, and the
@@ -153,8 +169,7 @@ class FSLMLM(LM):  # type: ignore[misc]
             return handed_on
 
         todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
-        for start in range(0, len(todo), self.upstream_batch_size):
-            chunk = todo[start : start + self.upstream_batch_size]
+        for chunk in length_buckets(todo, self.upstream_batch_size):
             states = self.chain.upstream_states(chunk, hand_on)
             for context, state in zip(chunk, states, strict=True):
                 self._handoff_cache[context] = state

@@ -48,20 +48,9 @@ def forward_params(engine: LocalEngine) -> set[str]:
         return set()
 
 
-def _batches(groups: list[list[int]], rows: int) -> list[list[list[int]]]:
-    """Consecutive groups, at most ``rows`` continuations per batch (a larger group goes alone)."""
-    batches: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    size = 0
-    for group in groups:
-        if current and size + len(group) > rows:
-            batches.append(current)
-            current, size = [], 0
-        current.append(group)
-        size += len(group)
-    if current:
-        batches.append(current)
-    return batches
+def _batches(groups: list[list[int]], contexts: int) -> list[list[list[int]]]:
+    """Consecutive groups, ``contexts`` of them per batch (a batch's choices all go in one forward)."""
+    return [groups[start : start + contexts] for start in range(0, len(groups), contexts)]
 
 
 def shared_context_loglikelihood(
@@ -77,7 +66,8 @@ def shared_context_loglikelihood(
         pairs: ``(context, continuation)`` texts (contexts as given: render them first for the chat
             template).
         adapter: Adapter to score with, or None for the base model.
-        batch_size: Most continuations per forward (the contexts of a batch run in one forward before).
+        batch_size: Distinct contexts per forward; all their continuations run in one more forward
+            (a forward of many rows costs far less per row than one of a single row, on CPU too).
 
     Returns:
         Per pair: summed log-probability, whether the continuation is the greedy one, and its number

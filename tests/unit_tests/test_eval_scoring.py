@@ -101,3 +101,11 @@ def test_a_model_that_takes_no_kv_cache_is_scored_by_the_engine_path():
             return [(-1.5, False, 2) for _ in pairs]
 
     assert shared_context_loglikelihood(Engine(), [("a", " b"), ("a", " c")]) == [(-1.5, False, 2)] * 2
+
+
+def test_upstream_batches_group_questions_of_similar_length():
+    from langchain_fslm.evaluation.lm_eval_model import length_buckets
+
+    texts = ["a" * 80, "b" * 900, "c" * 70, "d" * 85, "e" * 1000, "f" * 75]
+    assert length_buckets(texts, 32) == [["c" * 70, "f" * 75, "a" * 80, "d" * 85], ["b" * 900, "e" * 1000]]
+    assert [len(b) for b in length_buckets(texts, 3)] == [3, 1, 2]
