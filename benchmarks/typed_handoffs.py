@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, report  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, report  # noqa: E402
 
 PEOPLE = [
     ("Maria Lopez", 34, "Madrid"),
@@ -265,11 +265,17 @@ def main() -> None:
     parser.add_argument("--skip-heldout", action="store_true")
     args = parser.parse_args()
     data: dict[str, Any] = {"machine": machine()}
-    data["cost"] = cost()
-    data["structured"] = structured()
-    data["tools"] = tools()
+    parts = [("cost", cost), ("structured", structured), ("tools", tools)]
     if not args.skip_heldout:
-        data["heldout"] = heldout(args.heldout)
+        parts.append(("heldout", lambda: heldout(args.heldout)))
+    partial = RESULTS_DIR / "typed_handoffs.partial.json"
+    for name, run in parts:  # each part is kept as it ends, so a long run stopped early keeps the others
+        start = time.perf_counter()
+        data[name] = run()
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+        partial.parent.mkdir(exist_ok=True)
+        partial.write_text(json.dumps(data, indent=2, default=str))
+    partial.unlink(missing_ok=True)
     c, s, t = data["cost"], data["structured"], data["tools"]
     rows = [
         ("decode tokens/s, JSON constraint / free", f"{c['ratio']:.2f}x", ">= 0.9x"),

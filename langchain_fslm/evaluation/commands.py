@@ -36,7 +36,16 @@ def _check_out(out: Path) -> None:
             raise fail(f"--out {out}: {path} is a file, not a folder")
 
 
-def _publish(out: Path, results: dict[str, Any], markdown: str, bars: list[Any], title: str) -> None:
+def _plot_subtitle(full: bool, seed: int, limit: int | None, extra: str = "") -> str:
+    """The plot's second line: which sample, the ``--limit``, and any setting the scores depend on."""
+    sample = "every staged item" if full else f"seeded 100-item sample (seed {seed}), not tinyBenchmarks"
+    parts = [sample, f"--limit {limit}" if limit else "no --limit", extra]
+    return "; ".join(p for p in parts if p)
+
+
+def _publish(
+    out: Path, results: dict[str, Any], markdown: str, bars: list[Any], title: str, subtitle: str
+) -> None:
     """Print the results table, then write results.json/.md/.png to ``out``.
 
     The table is printed first, so a write that fails does not lose the scores.
@@ -45,7 +54,9 @@ def _publish(out: Path, results: dict[str, Any], markdown: str, bars: list[Any],
 
     typer.echo(markdown)
     try:
-        paths = write_outputs(out, results=results, markdown=markdown, bars=bars, title=title)
+        paths = write_outputs(
+            out, results=results, markdown=markdown, bars=bars, title=title, subtitle=subtitle
+        )
     except OSError as err:
         raise fail(f"cannot write the results to {out} ({err})") from None
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -105,10 +116,23 @@ def eval_command(
     upstream_max_new_tokens: Annotated[
         Optional[int], typer.Option(min=1, help="Cap the upstream stages' generation budgets (faster).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Questions scored per forward pass (each context once, then all its choices)."
+        ),
+    ] = 8,
+    upstream_batch_size: Annotated[
+        int, typer.Option(min=1, help="Questions per batched run of the upstream stages (--scoring stack).")
+    ] = 32,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("eval-results"),
 ) -> None:
-    """Score a stack on the local benchmark suite; write results.json, results.md and results.png."""
+    """Score a stack on the local benchmark suite; write results.json, results.md and results.png.
+
+    One progress bar counts the items of all tasks, names the task(s) being scored and estimates the
+    time left. Under --scoring stack the upstream stages generate for every question, which dominates
+    the time on CPU (see docs/evaluation.md for measured figures); --scoring last_stage is much faster.
+    """
     from langchain_fslm.errors import FSLMError
 
     _require_lm_eval()
@@ -128,6 +152,7 @@ def eval_command(
             scoring=scoring,
             batch_size=batch_size,
             upstream_max_new_tokens=upstream_max_new_tokens,
+            upstream_batch_size=upstream_batch_size,
         )
         results = evaluate(lm, names, limit=limit, full=full, seed=seed)
     except (FSLMError, ModelNotFoundError) as err:
@@ -137,15 +162,25 @@ def eval_command(
         "kind": "fslm-eval",
         "model": {"label": label, "stack": stack, "base": base, "scoring": scoring},
         "note": _sample_note(full, seed, limit),
-        "settings": {"tasks": names, "limit": limit, "full": full, "seed": seed, "batch_size": batch_size},
+        "settings": {
+            "tasks": names,
+            "limit": limit,
+            "full": full,
+            "seed": seed,
+            "batch_size": batch_size,
+            "upstream_batch_size": upstream_batch_size,
+            "upstream_max_new_tokens": upstream_max_new_tokens,
+        },
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **results,
     }
     bars = [
-        Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"]) for name, t in results["tasks"].items()
+        Bar(name, t["score"], t["ci95"][0], t["ci95"][1], t["chance"], metric=t["metric"], n=t["n"])
+        for name, t in results["tasks"].items()
     ]
-    title = f"{label}: accuracy, 95% CI (seeded samples, not official tinyBenchmarks)"
-    _publish(out, results, eval_markdown(results), bars, title)
+    title = f"fslm eval {label}: headline metric per task, 95% Wilson CI, dashed: chance"
+    subtitle = _plot_subtitle(full, seed, limit, f"scoring {scoring}")
+    _publish(out, results, eval_markdown(results), bars, title, subtitle)
 
 
 def compare_markdown(results: dict[str, Any]) -> str:
@@ -177,7 +212,7 @@ def compare_markdown(results: dict[str, Any]) -> str:
         "p95 s",
         "tokens in",
         "tokens out",
-        "peak RSS MiB",
+        "peak RSS MiB (own process)",
     ]
     return (
         f"# fslm compare on {results['task']}\n\n{results['note']} Chain: {results['chain']}.\n\n"
@@ -228,10 +263,16 @@ def compare_command(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "models": models_out,
     }
-    chance = task_spec(task).chance if task_spec(task).kind == "multiple_choice" else None
-    bars = [Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance) for m in models_out]
-    title = f"{task}: accuracy of the same chain per model, 95% CI (seeded sample)"
-    _publish(out, results, compare_markdown(results), bars, title)
+    multiple_choice = task_spec(task).kind == "multiple_choice"
+    chance = task_spec(task).chance if multiple_choice else None
+    metric = "acc (option read from the reply)" if multiple_choice else "exact_match (last number)"
+    bars = [
+        Bar(m["label"], m["score"], m["ci95"][0], m["ci95"][1], chance, metric=metric, n=m["n"])
+        for m in models_out
+    ]
+    title = f"fslm compare on {task}: the same chain per model, 95% Wilson CI"
+    subtitle = _plot_subtitle(full, seed, limit, f"max {max_new_tokens} new tokens")
+    _publish(out, results, compare_markdown(results), bars, title, subtitle)
 
 
 __all__ = ["compare_command", "compare_markdown", "eval_command", "eval_markdown"]

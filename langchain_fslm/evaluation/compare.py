@@ -4,18 +4,22 @@ The default chain is ``ChatPromptTemplate (QA prompt) | model | StrOutputParser(
 every item (one ``invoke`` per item, so latency is per question); per model we report accuracy with a
 95% Wilson interval, latency p50/p95, tokens in/out (from the model's usage metadata, the stack's handoff
 events, or the model's own tokenizer when it reports none) and, for local models, the peak resident
-memory of the process while that model loaded and ran.
+memory of the process that loaded and ran that model. Each model runs in a process of its own (spawned,
+one after the other), so its peak memory does not depend on which model loaded first or on weights an
+earlier model left in memory.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
 import re
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -236,7 +240,8 @@ def run_model(
         tokens_in = tokens_out = 0
         counted = True
         failure: Exception | None = None
-        for item in tqdm(items, desc=f"compare {model.label}"):
+        task = items[0].task if items else ""
+        for item in tqdm(items, desc=f"fslm compare {task} {model.label}", unit="item", dynamic_ncols=True):
             counter = UsageCounter(model.tokenizer)
             start = time.perf_counter()
             try:
@@ -283,17 +288,49 @@ def run_model(
     }
 
 
+def run_model_in_own_process(
+    spec: str,
+    items: Sequence[Item],
+    *,
+    chain_factory: Callable[[Runnable[Any, Any]], Runnable[Any, Any]] | None = None,
+    max_new_tokens: int = 64,
+) -> dict[str, Any]:
+    """:func:`run_model` in a fresh spawned process: its ``peak_rss_mib`` is that model's process alone.
+
+    The chain factory must be importable by name (a ``module:attr`` factory is). Errors are raised here
+    as they were raised there.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        future = pool.submit(
+            run_model, spec, list(items), chain_factory=chain_factory, max_new_tokens=max_new_tokens
+        )
+        return future.result()
+
+
 def compare(
     specs: Sequence[str],
     items: Sequence[Item],
     *,
     chain_factory: Callable[[Runnable[Any, Any]], Runnable[Any, Any]] | None = None,
     max_new_tokens: int = 64,
+    own_process: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every model over the same items through the same chain (in the order given)."""
+    """Run every model over the same items through the same chain (in the order given).
+
+    Args:
+        specs: Model specs.
+        items: The questions.
+        chain_factory: Builds the chain around each model (default: :func:`qa_chain`).
+        max_new_tokens: Answer budget of local models.
+        own_process: Run each model in a process of its own (:func:`run_model_in_own_process`), so
+            each peak memory is that model's alone. False: all in this process, one after the other
+            (then a later model's peak includes what earlier ones left loaded).
+    """
     if not specs:
         raise ModelSpecError("compare needs at least one model spec")
-    return [run_model(s, items, chain_factory=chain_factory, max_new_tokens=max_new_tokens) for s in specs]
+    run = run_model_in_own_process if own_process else run_model
+    return [run(s, items, chain_factory=chain_factory, max_new_tokens=max_new_tokens) for s in specs]
 
 
 __all__ = [
@@ -308,4 +345,5 @@ __all__ = [
     "percentile",
     "qa_chain",
     "run_model",
+    "run_model_in_own_process",
 ]

@@ -75,13 +75,16 @@ class LangChainLM(LM):  # type: ignore[misc]
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Generate for each context and cut the text at the request's ``until`` strings."""
         outputs: list[str] = []
-        for start in tqdm(range(0, len(requests), self.batch_size), disable=disable_tqdm, desc="langchain"):
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="langchain generate", unit="request")
+        for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             answers = self.model.batch([str(r.args[0]) for r in chunk])
             for request, answer in zip(chunk, answers, strict=True):
                 until = (request.args[1] or {}).get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
                 outputs.append(cut_at_stop(output_text(answer), until)[0])
+            bar.update(len(chunk))
+        bar.close()
         return outputs
 
 

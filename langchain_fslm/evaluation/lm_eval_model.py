@@ -19,6 +19,11 @@ How a multi-stage stack answers a log-likelihood question (``scoring``):
   standard lm-eval way, with no upstream stage and no template. The difference between the two measures
   what the upstream stages (and the stage prompt) add.
 
+Requests are batched: the upstream stages run on up to ``upstream_batch_size`` distinct contexts at a time
+(one batched generation per stage), and the continuations of one scored context share it: the context
+runs once and its KV cache serves every choice (``shared_contexts``, see
+:mod:`langchain_fslm.evaluation.scoring`; the scores equal the plain path's within float rounding).
+
 ``generate_until`` always runs the whole stack (upstream stages, then the last stage with the request's
 stop sequences and token budget). ``loglikelihood_rolling`` scores the text with the last stage's adapter
 (truncated to the context window).
@@ -36,6 +41,7 @@ from tqdm import tqdm
 
 from langchain_fslm.engine.registry import capabilities_of
 from langchain_fslm.errors import FSLMError
+from langchain_fslm.evaluation.scoring import shared_context_loglikelihood
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
@@ -59,6 +65,21 @@ def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
     return FSLMChain.default(base, engine="torch")
 
 
+def length_buckets(texts: Sequence[str], size: int, spread: float = 1.5) -> list[list[str]]:
+    """Batches of at most ``size`` texts of similar length (shortest first).
+
+    A batch is padded to its longest prompt, so a short question batched with a long one (TruthfulQA's
+    preamble beside an ARC question) computes mostly padding; a new batch starts when a text is more
+    than ``spread`` times (plus 200 characters) the length of the batch's first.
+    """
+    batches: list[list[str]] = []
+    for text in sorted(texts, key=len):
+        if not batches or len(batches[-1]) >= size or len(text) > spread * len(batches[-1][0]) + 200:
+            batches.append([])
+        batches[-1].append(text)
+    return batches
+
+
 @register_model("fslm")
 class FSLMLM(LM):  # type: ignore[misc]
     """An FSLM stack as an lm-eval language model.
@@ -69,7 +90,10 @@ class FSLMLM(LM):  # type: ignore[misc]
         base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct); with a
             stack folder, where its base model is on this machine (default: its manifest's).
         scoring: ``stack`` or ``last_stage`` (see the module docs).
-        batch_size: Rows per forward pass when scoring.
+        batch_size: Contexts per forward pass when scoring (their continuations run in one more).
+        upstream_batch_size: Distinct contexts per batched run of the upstream stages (``scoring="stack"``).
+        shared_contexts: Run each distinct scored context once and reuse its KV cache for every
+            continuation (default); False scores each ``context + continuation`` row from scratch.
         max_gen_toks: Upper bound on the token budget of ``generate_until`` (requests may ask for less).
         upstream_max_new_tokens: Cap the upstream stages' generation budgets (faster, CPU-friendly runs).
 
@@ -86,6 +110,8 @@ class FSLMLM(LM):  # type: ignore[misc]
         batch_size: int | str = 8,
         max_gen_toks: int = 256,
         upstream_max_new_tokens: int | str | None = None,
+        upstream_batch_size: int | str = 32,
+        shared_contexts: bool | str = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -99,6 +125,8 @@ class FSLMLM(LM):  # type: ignore[misc]
         self.chain: FSLMChain = stack
         self.scoring = scoring
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        self.upstream_batch_size = int(upstream_batch_size) if str(upstream_batch_size).isdigit() else 32
+        self.shared_contexts = str(shared_contexts).lower() not in ("false", "0", "no")
         self.max_gen_toks = int(max_gen_toks)
         last = self.chain.stages[-1]
         self.engine: LocalEngine = last.engine
@@ -116,7 +144,11 @@ class FSLMLM(LM):  # type: ignore[misc]
         return str(getattr(self.engine.tokenizer, "name_or_path", "fslm")).replace("/", "__")
 
     def upstream_states(self, contexts: Sequence[str]) -> list[dict[str, Any]]:
-        """Run every stage but the last on each distinct context (batched, cached), return the states.
+        """Run every stage but the last on each distinct context, return the states.
+
+        Contexts run up to ``upstream_batch_size`` at a time, in batches of similar length
+        (:func:`length_buckets`; one batched generation per stage); each state is cached, so the
+        choices of one question, and later calls, reuse it.
 
         A stage whose output does not parse hands its raw text on, as ``on_parse_error="pass_raw"``
         would, and a stage whose prompt is too long hands on an empty text: the item is scored, and the
@@ -138,8 +170,7 @@ class FSLMLM(LM):  # type: ignore[misc]
             return handed_on
 
         todo = [c for c in dict.fromkeys(contexts) if c not in self._handoff_cache]
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
+        for chunk in length_buckets(todo, self.upstream_batch_size):
             states = self.chain.upstream_states(chunk, hand_on)
             for context, state in zip(chunk, states, strict=True):
                 self._handoff_cache[context] = state
@@ -158,18 +189,31 @@ class FSLMLM(LM):  # type: ignore[misc]
         if self.scoring == "stack":
             self.upstream_states([c for c, _ in pairs])
             pairs = [(self.last_stage_context(c), cont.lstrip()) for c, cont in pairs]
-        scored = self.engine.loglikelihood(pairs, adapter=adapter, batch_size=self.batch_size)
+        if self.shared_contexts:
+            scored = shared_context_loglikelihood(
+                self.engine, pairs, adapter=adapter, batch_size=self.batch_size
+            )
+        else:
+            scored = self.engine.loglikelihood(pairs, adapter=adapter, batch_size=self.batch_size)
         return [(lp, greedy) for lp, greedy, _ in scored]
 
     # ----------------------------------------------------------------------------- the LM API
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Log-probability of each request's continuation given its context (see ``scoring``)."""
         pairs = [(str(r.args[0]), str(r.args[1])) for r in requests]
-        out: list[tuple[float, bool]] = []
-        step = max(self.batch_size * 4, 1)
-        for start in tqdm(range(0, len(pairs), step), disable=disable_tqdm, desc="fslm loglikelihood"):
-            out.extend(self.score(pairs[start : start + step]))
-        return out
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        # a step holds whole questions (every choice of a context) of up to upstream_batch_size contexts
+        contexts = list(dict.fromkeys(c for c, _ in pairs))
+        step = max(1, self.upstream_batch_size if self.scoring == "stack" else len(contexts))
+        bar = tqdm(total=len(pairs), disable=disable_tqdm, desc="fslm loglikelihood", unit="request")
+        for start in range(0, len(contexts), step):
+            chosen = set(contexts[start : start + step])
+            indices = [i for i, (c, _) in enumerate(pairs) if c in chosen]
+            for i, scored in zip(indices, self.score([pairs[i] for i in indices]), strict=True):
+                out[i] = scored
+            bar.update(len(indices))
+        bar.close()
+        return [r for r in out if r is not None]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Log-probability of each whole text under the last stage's adapter (context window truncated)."""
@@ -208,7 +252,7 @@ class FSLMLM(LM):  # type: ignore[misc]
         for i, request in enumerate(requests):
             groups.setdefault(repr(sorted((request.args[1] or {}).items())), []).append(i)
         outputs = [""] * len(requests)
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="fslm generate")
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="fslm generate", unit="request")
         for indices in groups.values():
             gen_kwargs = dict(requests[indices[0]].args[1] or {})
             until = gen_kwargs.get("until") or []

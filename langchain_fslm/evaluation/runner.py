@@ -1,11 +1,19 @@
-"""Score any lm-eval ``LM`` on the local task suite: one pass of requests per task, then accuracy + CI."""
+"""Score any lm-eval ``LM`` on the local task suite: requests batched across items and tasks, accuracy + CI.
+
+Items of all tasks are scored in chunks that may span tasks (one ``loglikelihood`` call per chunk, so the
+LM batches requests of several tasks together), under one tqdm progress bar that counts items, names the
+task(s) being scored and shows tqdm's estimate of the time left.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from tqdm import tqdm
 
 from langchain_fslm.evaluation.tasks import DEFAULT_SEED, Item, extract_number, load_task, task_spec
 
@@ -44,6 +52,15 @@ def _instances(items: Sequence[Item]) -> tuple[list[Any], list[tuple[int, int]]]
     return instances, owners
 
 
+def _call(method: Callable[..., list[Any]], requests: list[Any]) -> list[Any]:
+    """Call an lm-eval ``LM`` method without its own progress bar where it takes ``disable_tqdm``."""
+    try:
+        takes = "disable_tqdm" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return method(requests, disable_tqdm=True) if takes else method(requests)
+
+
 def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
     """Ask ``lm`` (an lm-eval ``LM``) for every item's requests and mark each item right or wrong.
 
@@ -63,10 +80,10 @@ def score_items(lm: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
     gen = [k for k, inst in enumerate(instances) if inst.request_type == "generate_until"]
     responses: dict[int, Any] = {}
     if mc:
-        for k, resp in zip(mc, lm.loglikelihood([instances[k] for k in mc]), strict=True):
+        for k, resp in zip(mc, _call(lm.loglikelihood, [instances[k] for k in mc]), strict=True):
             responses[k] = resp
     if gen:
-        for k, resp in zip(gen, lm.generate_until([instances[k] for k in gen]), strict=True):
+        for k, resp in zip(gen, _call(lm.generate_until, [instances[k] for k in gen]), strict=True):
             responses[k] = resp
     per_item: dict[int, dict[int, Any]] = {}
     for k, (i, j) in enumerate(owners):
@@ -143,6 +160,18 @@ def summarise(task: str, records: Sequence[dict[str, Any]], seconds: float) -> d
     }
 
 
+def _chunks(work: Sequence[tuple[str, Item]], size: int) -> list[list[tuple[str, Item]]]:
+    """Consecutive chunks of ``size`` items, generation items apart from log-likelihood ones.
+
+    A chunk may span tasks of the same kind (their requests go to the LM together).
+    """
+    chunks: list[list[tuple[str, Item]]] = []
+    for generation in (False, True):
+        rows = [w for w in work if w[1].is_generation == generation]
+        chunks += [rows[start : start + size] for start in range(0, len(rows), size)]
+    return chunks
+
+
 def evaluate(
     lm: Any,
     tasks: Sequence[str],
@@ -150,6 +179,8 @@ def evaluate(
     limit: int | None = None,
     full: bool = False,
     seed: int = DEFAULT_SEED,
+    chunk_items: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score an lm-eval ``LM`` on tasks of the local suite.
 
@@ -159,19 +190,38 @@ def evaluate(
         limit: Items per task (the first ``limit`` of the seeded sample).
         full: Use every item instead of the 100-item sample.
         seed: Sample seed.
+        chunk_items: Items per call to the LM (chunks span tasks; default: twice the LM's
+            ``batch_size``, or 16). Larger chunks batch more, smaller ones update the progress more often.
+        progress: Show the progress bar (tqdm, on stderr): items done of all tasks, the task(s)
+            being scored, elapsed time and tqdm's estimate of the time left.
 
     Returns:
-        ``{"tasks": {name: summary}, "items": {name: records}}``.
+        ``{"tasks": {name: summary}, "items": {name: records}}``. A task's ``seconds`` is its share
+        (by items) of the chunks it was scored in.
     """
     for name in tasks:
         task_spec(name)  # fail on a bad name before any model work
-    summaries, items = {}, {}
-    for name in tasks:
-        chosen = load_task(name, full=full, limit=limit, seed=seed)
-        start = time.perf_counter()
-        records = score_items(lm, chosen)
-        summaries[name] = summarise(name, records, time.perf_counter() - start)
-        items[name] = records
+    chosen = {name: load_task(name, full=full, limit=limit, seed=seed) for name in tasks}
+    work = [(name, item) for name in tasks for item in chosen[name]]
+    size = chunk_items or 2 * int(getattr(lm, "batch_size", 8) or 8)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    seconds = dict.fromkeys(tasks, 0.0)
+    bar = tqdm(total=len(work), unit="item", desc="fslm eval", disable=not progress, dynamic_ncols=True)
+    try:
+        for chunk in _chunks(work, max(1, size)):
+            names = list(dict.fromkeys(name for name, _ in chunk))
+            bar.set_description("fslm eval " + "+".join(names))
+            start = time.perf_counter()
+            scored = score_items(lm, [item for _, item in chunk])
+            share = (time.perf_counter() - start) / len(chunk)
+            for (name, item), record in zip(chunk, scored, strict=True):
+                records[name, item.index] = record
+                seconds[name] += share
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    items = {name: [records[name, item.index] for item in chosen[name]] for name in tasks}
+    summaries = {name: summarise(name, items[name], seconds[name]) for name in tasks}
     return {"tasks": summaries, "items": items}
 
 

@@ -58,6 +58,50 @@ def direct_loglikelihood(model_dir, adapter_dir, context: str, continuation: str
     return total, greedy
 
 
+def assert_pngs_are_real_plots(folder, expected: int) -> None:
+    """Open every PNG under ``folder``: a readable image of a sensible size, not blank, nothing clipped.
+
+    Not clipped: the outermost rows and columns are background only (savefig's tight box keeps a margin
+    around the title, the tick labels and the axes).
+    """
+    import numpy as np
+    from matplotlib.image import imread
+
+    pngs = sorted(folder.rglob("*.png"))
+    assert len(pngs) == expected, pngs
+    for png in pngs:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        pixels = imread(png)[..., :3]
+        height, width = pixels.shape[:2]
+        assert width >= 400 and height >= 300, (png, pixels.shape)
+        assert float(pixels.var()) > 0, f"{png} is blank"
+        edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert float(edges.min()) > 0.95, f"{png}: something touches the edge (clipped)"
+
+
+def test_chart_puts_each_metric_on_its_own_named_axis_and_shows_n_and_limit(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from langchain_fslm.evaluation.report import Bar, bar_chart, chart_figure
+
+    bars = [
+        Bar("arc_easy", 0.4, 0.2, 0.6, 0.25, metric="acc", n=10),
+        Bar("hellaswag", 0.3, 0.1, 0.5, 0.25, metric="acc_norm", n=10),
+        Bar("mmlu", 0.5, 0.3, 0.7, 0.25, metric="acc", n=7),
+    ]
+    title = "fslm eval a-stack-with-a-rather-long-name [stack]: headline metric per task, 95% Wilson CI"
+    fig = chart_figure(bars, title=title, subtitle="seeded sample; --limit 10")
+    try:
+        assert [ax.get_ylabel() for ax in fig.axes] == ["acc", "acc_norm"]
+        ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes]
+        assert ticks == [["arc_easy\n(n=10)", "mmlu\n(n=7)"], ["hellaswag\n(n=10)"]]
+        assert "--limit 10" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+    bar_chart(tmp_path / "chart.png", bars, title=title * 2, subtitle="--limit 10")
+    assert_pngs_are_real_plots(tmp_path, expected=1)
+
+
 # ----------------------------------------------------------------------------- lm-eval model "fslm"
 def test_fslm_loglikelihood_equals_direct_computation(tiny_model_dir, tiny_adapters, tiny_stack_dir):
     lm = FSLMLM(stack=str(tiny_stack_dir), scoring="last_stage", batch_size=2)
@@ -228,7 +272,7 @@ def test_evaluate_scores_items_and_cli_writes_outputs(tiny_stack_dir, tmp_path):
     assert data["tasks"]["arc_easy"]["n"] == 3 and data["model"]["scoring"] == "stack"
     assert "NOT the official tinyBenchmarks" in data["note"]
     assert "NOT the official tinyBenchmarks" in (out / "results.md").read_text()
-    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert_pngs_are_real_plots(out, expected=1)
     bad = runner.invoke(app, ["eval", "--stack", str(tiny_stack_dir), "--tasks", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "Unknown task" in bad.output
 
@@ -283,7 +327,7 @@ def test_compare_runs_two_models_and_writes_outputs(tiny_model_dir, tiny_stack_d
     stack_in = data["models"][0]["tokens_in"]
     assert stack_in > data["models"][1]["tokens_in"]  # four stages read more than one prompt
     assert "tiny-stack" in (out / "results.md").read_text()
-    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert_pngs_are_real_plots(out, expected=1)
 
 
 def test_out_that_is_a_file_fails_before_any_scoring(tmp_path, monkeypatch):
