@@ -44,7 +44,7 @@ from langchain_fslm.engine.llamacpp_server import (
     grammar_of,
     server_error,
 )
-from langchain_fslm.engine.prompt_fit import PromptFit
+from langchain_fslm.engine.prompt_fit import PromptFit, as_plain_text_anywhere
 from langchain_fslm.models.refs import BaseModelRef, ModelNotFoundError, resolve
 
 __all__ = ["LlamaCppEngine", "LlamaCppError", "get_llamacpp_engine", "grammar_of"]
@@ -136,7 +136,12 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, LlamaCppServer, Engine):
 
     # ----------------------------------------------------------------------------- prompts and tokens
     def render(self, prompt: str, system: str | None = None) -> str:
-        """The exact text the model sees: the GGUF's chat template applied by llama.cpp, where used."""
+        """The exact text the model sees: the GGUF's chat template applied by llama.cpp, where used.
+
+        Control-token strings in the prompt and system message stay text (``as_plain_text_anywhere``).
+        """
+        prompt = as_plain_text_anywhere(prompt)
+        system = as_plain_text_anywhere(system) if system else system
         if not self.use_chat_template:
             return f"{system}\n\n{prompt}" if system else prompt
         messages = [{"role": "system", "content": system}] if system else []

@@ -7,6 +7,7 @@ with :class:`PromptTooLongError` when it leaves no room for the generation, or, 
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from typing import Any
@@ -30,6 +31,19 @@ def as_plain_text(text: str, specials: list[str]) -> str:
         if len(special) > 1 and special in text:
             text = text.replace(special, special[0] + WORD_JOINER + special[1:])
     return text
+
+
+CONTROL_LIKE = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>|\[/?INST\]")
+"""Strings shaped like common control tokens (ChatML and Llama 3 ``<|...|>``, ``<s>``, ``[INST]``): what an
+engine without the tokenizer at hand (a server) keeps as text."""
+
+
+def as_plain_text_anywhere(text: str) -> str:
+    """``text`` with every control-token-shaped string kept as text.
+
+    :func:`as_plain_text` for engines that do not hold the tokenizer's list of special tokens.
+    """
+    return CONTROL_LIKE.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
 class PromptFit:

@@ -183,7 +183,15 @@ def constraint_fields(constraint: OutputConstraint, server: str | None) -> dict[
 
 
 def request_input(request: GenerationRequest, api: str) -> Any:
-    """Chat messages, or for ``completions`` the text ``LocalEngine.render`` gives without a template."""
+    """Chat messages, or for ``completions`` the text ``LocalEngine.render`` gives without a template.
+
+    Control-token-shaped strings stay text (the server's tokenizer would read them as control tokens).
+    """
+    from langchain_fslm.engine.prompt_fit import as_plain_text_anywhere
+
+    system = as_plain_text_anywhere(request.system) if request.system else None
+    prompt = as_plain_text_anywhere(request.prompt)
+    request = request.model_copy(update={"system": system, "prompt": prompt})
     if api == "completions":
         return f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
     messages = [("system", request.system)] if request.system else []
