@@ -197,6 +197,21 @@ class LocalEngine(LocalGeneration, Engine):
         """Whether the model's forward takes ``position_ids`` (transformers' generate asks the same)."""
         return "position_ids" in inspect.signature(self.plain_model.forward).parameters
 
+    def pair_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """The tokens a ``(context, continuation)`` pair is scored on, and how many are the continuation's.
+
+        The pair is tokenised jointly and split where the context's own tokens stop matching; it keeps the
+        last ``context_length`` tokens, at least one of the context and one of the continuation.
+        """
+        ctx = self.token_ids(context)
+        whole = self.token_ids(context + continuation)
+        split = len(ctx)
+        while split > 0 and whole[:split] != ctx[:split]:
+            split -= 1
+        split = max(1, split)
+        ids = whole[-self.context_length :]
+        return ids, max(1, min(len(whole) - split, len(ids) - 1))
+
     def loglikelihood(
         self, pairs: Sequence[tuple[str, str]], adapter: str | None = None, batch_size: int = 8
     ) -> list[tuple[float, bool, int]]:
@@ -221,15 +236,7 @@ class LocalEngine(LocalGeneration, Engine):
             rows: list[list[int]] = []
             cont_lens: list[int] = []
             for context, continuation in chunk:
-                ctx = self.token_ids(context)
-                whole = self.token_ids(context + continuation)
-                # tokenise jointly, then split where the context's tokens stop matching
-                split = len(ctx)
-                while split > 0 and whole[:split] != ctx[:split]:
-                    split -= 1
-                split = max(1, split)
-                ids = whole[-self.context_length :]
-                n_cont = max(1, min(len(whole) - split, len(ids) - 1))
+                ids, n_cont = self.pair_tokens(context, continuation)
                 rows.append(ids)
                 cont_lens.append(n_cont)
             width = max(len(r) for r in rows)

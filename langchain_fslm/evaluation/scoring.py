@@ -27,14 +27,7 @@ def split_tokens(engine: LocalEngine, context: str, continuation: str) -> tuple[
     Returns:
         The context tokens (at least one) and the continuation tokens (at least one).
     """
-    ctx = engine.token_ids(context)
-    whole = engine.token_ids(context + continuation)
-    split = len(ctx)
-    while split > 0 and whole[:split] != ctx[:split]:
-        split -= 1
-    split = max(1, split)
-    ids = whole[-engine.context_length :]
-    n_cont = max(1, min(len(whole) - split, len(ids) - 1))
+    ids, n_cont = engine.pair_tokens(context, continuation)
     return tuple(ids[:-n_cont]), ids[-n_cont:]
 
 
