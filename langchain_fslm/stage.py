@@ -24,7 +24,7 @@ from langchain_core.runnables.base import RunnableBindingBase
 from pydantic import ConfigDict, Field
 
 from langchain_fslm.engine.base import GenerationConfig, check_stops
-from langchain_fslm.engine.constraint import OutputConstraint
+from langchain_fslm.engine.constraint import OutputConstraint, check_budget
 from langchain_fslm.errors import InvalidInputError
 from langchain_fslm.manifest import StageSpec
 from langchain_fslm.outputs import OUTPUT_TYPES, StageOutput, StageOutputParser, output_type_by_name
@@ -116,6 +116,7 @@ class SLMRunnable(RunnableBindingBase[StageInput, StageResult]):
 
             if capabilities_of(engine).constrained:  # a bad grammar fails here, before any generation
                 engine.check_constraint(self.constraint, spec.name)
+                check_budget(self.constraint, spec.generation.max_new_tokens, engine, spec.name)
         self.bound = self.pipeline()
 
     # ----------------------------------------------------------------------------- the spec's fields

@@ -281,6 +281,13 @@ class Engine(metaclass=_EngineMeta):
             ConstraintError: Naming the stage and the constraint, if this engine cannot use it.
         """
 
+    def longest_token_chars(self, alphabet: frozenset[str] | None = None) -> int | None:
+        """Characters of the longest vocabulary token made only of ``alphabet`` (None: any characters).
+
+        It bounds what a token budget can write (see ``constraint.check_budget``); None: unknown.
+        """
+        return None
+
     def enable_compile_decode(self) -> None:
         """Turn compiled decoding on, where the engine has it (see ``capabilities().compile_decode``).
 

@@ -11,6 +11,7 @@ what does not match.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -85,3 +86,97 @@ class OutputConstraint(BaseModel):
             return f"{self.kind} {self.name!r}"
         short = self.value if len(self.value) <= 60 else self.value[:57] + "..."
         return f"{self.kind} {short!r}"
+
+    def shortest_text(self) -> tuple[int, frozenset[str] | None] | None:
+        r"""The fewest characters a text of this constraint has, and the characters it can contain.
+
+        Known for regular expressions that Python's own parser reads (llguidance's syntax is close to it);
+        the character set is None where it is too large to list (``.``, ``[^...]``, ``\w``). None for
+        grammars, JSON schemas and patterns Python cannot parse: no claim is made about them.
+        """
+        if self.kind != "regex":
+            return None
+        try:
+            parsed = re._parser.parse(self.value)  # type: ignore[attr-defined]
+            low, _ = parsed.getwidth()
+        except (re.error, RecursionError, OverflowError, ValueError):
+            return None
+        folded = bool(parsed.state.flags & re.IGNORECASE)
+        return int(low), None if folded else _alphabet(parsed)
+
+
+def _alphabet(items: Any) -> frozenset[str] | None:
+    """Every character a text of parsed pattern ``items`` can contain; None: too many to list."""
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    chars: set[str] = set()
+    for op, arg in items:
+        if op is c.LITERAL:
+            chars.add(chr(arg))
+        elif op is c.IN:
+            for inner, value in arg:
+                if inner is c.LITERAL:
+                    chars.add(chr(value))
+                elif inner is c.RANGE and value[1] - value[0] <= 1024:
+                    chars.update(map(chr, range(value[0], value[1] + 1)))
+                elif inner is c.CATEGORY and value is c.CATEGORY_DIGIT:
+                    chars.update("0123456789")
+                else:  # a negated set, \w, \s, a huge range
+                    return None
+        elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+            continue  # consumes nothing: the characters come from the rest
+        else:
+            subs: list[Any]
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                subs = [arg[2]]
+            elif op is c.SUBPATTERN and not arg[1] & re.IGNORECASE:
+                subs = [arg[3]]
+            elif op is c.ATOMIC_GROUP:
+                subs = [arg]
+            elif op is c.BRANCH:
+                subs = list(arg[1])
+            else:  # ANY, NOT_LITERAL, group references, case-folded groups
+                return None
+            for sub in subs:
+                found = _alphabet(sub)
+                if found is None:
+                    return None
+                chars |= found
+    return frozenset(chars)
+
+
+def check_budget(constraint: OutputConstraint, max_new_tokens: int, engine: Any, stage: str | None) -> None:
+    """Refuse a constraint that can never end within ``max_new_tokens`` tokens, before any generation.
+
+    Sound, and loose on purpose: a text of ``n`` tokens has at most ``n * longest`` characters, where
+    ``longest`` is the engine's longest token made only of characters the pattern can contain (see
+    ``longest_token_chars``), so a pattern whose shortest text is longer can never be finished (it would
+    always be cut, and a cut constrained text is refused after the whole budget was spent). Budgets
+    between that bound and the real minimum pass; the cut text is then refused by the stage.
+
+    Args:
+        constraint: The stage's constraint.
+        max_new_tokens: The stage's token budget.
+        engine: The engine; one without ``longest_token_chars`` (or that answers None) is not checked.
+        stage: The stage, for the message.
+
+    Raises:
+        ConstraintError: Naming the stage, the constraint, the shortest text and the budget.
+    """
+    from langchain_fslm.errors import ConstraintError
+
+    bounds = constraint.shortest_text()
+    measure = getattr(engine, "longest_token_chars", None)
+    if bounds is None or not callable(measure):
+        return
+    low, alphabet = bounds
+    longest = measure(alphabet)
+    if not longest or low <= max_new_tokens * longest:
+        return
+    where = f"stage {stage!r}" if stage else "the request"
+    raise ConstraintError(
+        f"{where}: {constraint.describe()} needs at least {low} characters, more than "
+        f"max_new_tokens={max_new_tokens} tokens can hold (at most {longest} characters each of the "
+        "tokens it may use): "
+        "raise the budget or shorten the pattern"
+    )

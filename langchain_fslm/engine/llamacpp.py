@@ -45,6 +45,7 @@ from langchain_fslm.engine.llamacpp_server import (
     server_error,
 )
 from langchain_fslm.engine.prompt_fit import PromptFit, as_plain_text_anywhere
+from langchain_fslm.engine.token_texts import gguf_token_texts, longest_of
 from langchain_fslm.models.refs import BaseModelRef, ModelNotFoundError, resolve
 
 __all__ = ["LlamaCppEngine", "LlamaCppError", "get_llamacpp_engine", "grammar_of"]
@@ -115,6 +116,7 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, LlamaCppServer, Engine):
         self._gate = RequestGate()
         self._token_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._grammars: dict[OutputConstraint, str] = {}
+        self._token_texts: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"LlamaCppEngine({str(self.gguf.path)!r}, n_parallel={self.n_parallel})"
@@ -175,6 +177,12 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, LlamaCppServer, Engine):
             ConstraintError: Naming the stage and the constraint.
         """
         self._grammar(constraint, stage)
+
+    def longest_token_chars(self, alphabet: frozenset[str] | None = None) -> int | None:
+        """Characters of the longest vocabulary token made only of ``alphabet`` (None: the file has none)."""
+        if self._token_texts is None:
+            self._token_texts = gguf_token_texts(self.gguf.tokens, self.gguf.tokenizer_model)
+        return longest_of(self._token_texts, alphabet) or None
 
     def _grammar(self, constraint: OutputConstraint, stage: str | None) -> str:
         grammar = self._grammars.get(constraint)

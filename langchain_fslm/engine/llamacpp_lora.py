@@ -69,6 +69,8 @@ class BaseGGUF:
         context_length: Training context (``{arch}.context_length``).
         chat_template: ``tokenizer.chat_template``, None if the file has none.
         shapes: Tensor name -> GGUF ``ne`` (innermost dimension first).
+        tokens: ``tokenizer.ggml.tokens`` (empty if the file lists none), in the tokenizer's notation.
+        tokenizer_model: ``tokenizer.ggml.model`` (``gpt2``, ``llama``, ...).
     """
 
     path: Path
@@ -79,6 +81,8 @@ class BaseGGUF:
     context_length: int
     chat_template: str | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    tokenizer_model: str | None = None
 
 
 def read_base_gguf(path: str | Path) -> BaseGGUF:
@@ -115,6 +119,11 @@ def read_base_gguf(path: str | Path) -> BaseGGUF:
             f"{path}: GGUF metadata lacks {arch}.attention.head_count/block_count"
         ) from None
     template = value("tokenizer.chat_template")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    # each string's bytes are one part; decoding them all is cheaper than contents() of the whole list
+    strings: tuple[str, ...] = ()
+    if tokens is not None:
+        strings = tuple(bytes(tokens.parts[i]).decode("utf-8", "replace") for i in tokens.data)
     return BaseGGUF(
         path=path,
         arch=arch,
@@ -124,6 +133,8 @@ def read_base_gguf(path: str | Path) -> BaseGGUF:
         context_length=context,
         chat_template=template if isinstance(template, str) and template else None,
         shapes={t.name: tuple(int(d) for d in t.shape) for t in reader.tensors},
+        tokens=strings,
+        tokenizer_model=value("tokenizer.ggml.model"),
     )
 
 

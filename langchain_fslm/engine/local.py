@@ -26,6 +26,7 @@ from langchain_fslm.engine.local_adapters import BASE_ADAPTER, LocalAdapters
 from langchain_fslm.engine.local_constraints import GrammarCompiler
 from langchain_fslm.engine.local_generate import LocalGeneration
 from langchain_fslm.engine.prompt_fit import PromptFit
+from langchain_fslm.engine.token_texts import longest_of
 from langchain_fslm.models import BaseModelRef, load_base_model
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class LocalEngine(LocalGeneration, Engine):
         self.tokenizer_lock = threading.RLock()
         self.compiled = CompiledDecode() if compile_decode else None
         self.grammars = None
+        self._token_texts: list[str] | None = None
         if GrammarCompiler.supports(self.tokenizer):
             vocab = int(getattr(model.config, "vocab_size", 0) or len(self.tokenizer))
             self.grammars = GrammarCompiler(self.tokenizer, vocab, sorted(self._eos_ids()))
@@ -153,6 +155,14 @@ class LocalEngine(LocalGeneration, Engine):
         """
         if self.grammars is not None:
             self.grammars.grammar(constraint, stage)
+
+    def longest_token_chars(self, alphabet: frozenset[str] | None = None) -> int:
+        """Characters of the longest vocabulary token made only of ``alphabet`` (None: any characters)."""
+        if self._token_texts is None:
+            with self.tokenizer_lock:
+                ids = [[i] for i in range(len(self.tokenizer))]
+                self._token_texts = self.tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
+        return longest_of(self._token_texts, alphabet)
 
     def enable_compile_decode(self) -> None:
         """Turn compiled decoding on (see ``compile_decode``), for every stack that shares this engine.

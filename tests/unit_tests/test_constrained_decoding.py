@@ -23,7 +23,7 @@ from langchain_fslm import (
 from langchain_fslm.engine.base import GenerationRequest
 from langchain_fslm.engine.local import LocalEngine
 from langchain_fslm.models import BaseModelRef
-from langchain_fslm.outputs import INTENT_PATTERN, KEY_POINTS_PATTERN, Intent, KeyPoints
+from langchain_fslm.outputs import INTENT_PATTERN, KEY_POINTS_PATTERN, Intent, KeyPoints, Text
 
 
 class Person(BaseModel):
@@ -169,3 +169,47 @@ def _is_person(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class Code(Text):
+    """A code of exactly 400 capital letters: no small budget can finish it."""
+
+    output_constraint = OutputConstraint.from_regex(r"[A-Z]{400}", name="code")
+
+
+def test_a_pattern_that_cannot_end_within_the_budget_fails_before_generation(engine: LocalEngine) -> None:
+    capitals = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    longest = engine.longest_token_chars(capitals)
+    assert 1 <= longest < engine.longest_token_chars() and longest < 400
+    budget = 400 // longest - 1 or 1  # fewer tokens than the shortest text needs, whatever they are
+    with pytest.raises(ConstraintError, match=r"stage 'code'.*at least 400 characters.*max_new_tokens="):
+        SLMRunnable(
+            name="code",
+            prompt="{input}",
+            output_type=Code,
+            engine=engine,
+            generation=GenerationConfig(max_new_tokens=budget),
+        )
+    stage = SLMRunnable(  # a budget that could hold it is accepted (the bound is loose, never wrong)
+        name="code",
+        prompt="{input}",
+        output_type=Code,
+        engine=engine,
+        generation=GenerationConfig(max_new_tokens=400),
+    )
+    assert stage.constraint == Code.output_constraint
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shortest"),
+    [
+        (r"[A-Z]{400}", (400, frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))),
+        (r"(ab|c)\d{2}", (3, frozenset("abc0123456789"))),
+        (KEY_POINTS_PATTERN, (len("- abc\n- abc"), None)),  # [^\n]: too many characters to list
+        (r"(?i)ab", (2, None)),  # case-folded: the set is not the literal's
+        ("([a-z]", None),  # Python cannot parse it: no claim
+    ],
+)
+def test_shortest_texts_of_patterns(pattern: str, shortest: object) -> None:
+    assert OutputConstraint.from_regex(pattern).shortest_text() == shortest
+    assert PERSON.shortest_text() is None
