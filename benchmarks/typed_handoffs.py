@@ -118,7 +118,13 @@ def heldout(n: int) -> dict[str, Any]:
             counts["key_points_role"] += points.value is not None and points_keep_role(
                 getattr(points.value, "points", []), intent.text
             )
-        out[label] = {**counts, "wall_s": round(wall, 1), "example": results[0].results[1].raw}
+        engine = type(stack.stages[0].engine).__name__
+        out[label] = {
+            **counts,
+            "wall_s": round(wall, 1),
+            "engine": engine,
+            "example": results[0].results[1].raw,
+        }
     return out
 
 

@@ -175,6 +175,44 @@ def info(folder: Annotated[Path, typer.Argument(help="Stack folder.")]) -> None:
         )
 
 
+@app.command()
+def serve(
+    folder: Annotated[Path, typer.Argument(help="Stack folder (its base must be a GGUF file).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (the server has no authentication).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 8080,
+    parallel: Annotated[int, typer.Option(min=1, help="Requests decoded together.")] = 4,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, help="CPU threads (default: one per core).")
+    ] = None,
+) -> None:
+    """Serve a stack over HTTP on llama.cpp's server: the GGUF base, one LoRA adapter per stage."""
+    import time
+
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.models import ModelNotFoundError
+    from langchain_fslm.serve import serve_stack
+
+    folder = _stack_folder(folder)
+    try:
+        served = serve_stack(folder, host=host, port=port, n_parallel=parallel, n_threads=threads)
+    except (FSLMError, ModelNotFoundError) as err:
+        raise fail(str(err)) from None
+    typer.echo(f"serving {folder} on {served.address}/v1 (OpenAI API; llama.cpp, base {served.base_model})")
+    for stage, file in served.adapters.items():
+        typer.echo(f"  adapter {stage:<12} {file.name}")
+    remote = f"{{'base_url': '{served.address}/v1', 'server': 'llamacpp'}}"
+    typer.echo(f"use it: FSLMChain.from_pretrained({str(folder)!r}, backend='remote', remote={remote})")
+    typer.echo("Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        served.close()
+        typer.echo("stopped.")
+
+
 app.add_typer(export_vllm.export_app, name="export")
 app.command("eval")(eval_commands.eval_command)
 app.command("compare")(eval_commands.compare_command)

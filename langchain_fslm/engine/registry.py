@@ -122,7 +122,7 @@ EngineChoice = Literal["auto", "llamacpp", "torch"]
 ``llamacpp`` (llama.cpp on a GGUF base: :class:`LlamaCppEngine`), or ``auto``: llama.cpp where the base is
 a GGUF file, else torch."""
 ENGINE_CHOICES: tuple[str, ...] = ("auto", "llamacpp", "torch")
-DEFAULT_ENGINE: EngineChoice = "torch"
+DEFAULT_ENGINE: EngineChoice = "auto"
 """The choice when neither the caller nor the manifest makes one (``$FSLM_ENGINE`` overrides it)."""
 ENV_ENGINE = "FSLM_ENGINE"
 

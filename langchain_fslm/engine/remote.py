@@ -119,6 +119,8 @@ class RemoteEngine(RemoteAdapters, Engine):
         if constraint is not None:
             self.check_constraint(constraint, request.stage)
         fields = payload(request.config, self.settings.server, constraint)
+        if self.settings.server == "llamacpp" and (request.adapter or self.adapter_paths):
+            fields["extra_body"]["lora"] = self.lora_field(request.adapter)  # llama.cpp: per request
         return fields | {"extra_headers": deadline_header(self.settings.request_deadline)}
 
     # ----------------------------------------------------------------------------- prompts and tokens

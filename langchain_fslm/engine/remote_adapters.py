@@ -1,17 +1,22 @@
 """The adapter registry of :class:`~langchain_fslm.engine.remote.RemoteEngine`: what the server serves.
 
-The server loads its own copy of each adapter (``--lora-modules name=PATH``); the engine keeps the local
-path of each, counted per load, so a stack on the server can be saved again.
+The server loads its own copy of each adapter; the engine keeps the local path of each, counted per load,
+so a stack on the server can be saved again. vLLM serves each adapter as a model of its own
+(``--lora-modules name=PATH``); llama.cpp's server loads adapter files (``--lora intent.gguf``, or
+``fslm serve``) and applies one per request through its ``lora`` field, found by the file's name.
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import threading
-from pathlib import Path
+import urllib.request
+from pathlib import Path, PurePath
+from typing import Any
 
-from langchain_fslm.errors import AdapterError
+from langchain_fslm.errors import AdapterError, FSLMError
 
 
 class RemoteAdapters:
@@ -24,7 +29,41 @@ class RemoteAdapters:
 
     adapter_paths: dict[str, str]
     adapter_users: dict[str, int]
+    settings: Any  # RemoteSettings
     _lock: threading.RLock
+    _llamacpp_loras: dict[str, int] | None = None
+
+    def lora_field(self, adapter: str | None) -> list[dict[str, Any]]:
+        """llama.cpp server's per-request ``lora`` list: ``adapter`` at scale 1, every other file at 0.
+
+        Raises:
+            AdapterError: If the server serves no adapter file named after the adapter's model name.
+        """
+        served = self._llamacpp_adapters()
+        name = None if adapter is None else self.settings.adapter_models.get(adapter, adapter)
+        if name is not None and name not in served:
+            raise AdapterError(
+                f"Adapter {adapter!r}: the llama.cpp server at {self.settings.base_url} serves no LoRA file "
+                f"named {name}.gguf (it serves {sorted(served) or 'none'}). Start it on the stack with "
+                f"`fslm serve STACK`, or with `--lora {name}.gguf --lora-init-without-apply`."
+            )
+        return [{"id": i, "scale": 1.0 if n == name else 0.0} for n, i in sorted(served.items())]
+
+    def _llamacpp_adapters(self) -> dict[str, int]:
+        """File stem -> id of the adapters the llama.cpp server lists under ``/lora-adapters`` (once)."""
+        if self._llamacpp_loras is None:
+            root = self.settings.base_url.rstrip("/").removesuffix("/v1")
+            try:
+                with urllib.request.urlopen(f"{root}/lora-adapters", timeout=self.settings.timeout) as reply:  # noqa: S310 - the configured server
+                    listed = json.loads(reply.read())
+                loras = {PurePath(str(a["path"])).stem: int(a["id"]) for a in listed}
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise FSLMError(
+                    f"Could not read the LoRA adapters of the llama.cpp server at {root}/lora-adapters "
+                    f"({type(err).__name__}: {err})."
+                ) from err
+            self._llamacpp_loras = loras
+        return self._llamacpp_loras
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Register the local copy of an adapter the server serves as model ``name``.

@@ -1,30 +1,30 @@
-"""A stack whose stages call a real OpenAI-compatible server: llama.cpp's, serving the SmolLM2 GGUF on CPU.
+"""A stack whose stages call a real OpenAI-compatible server: llama.cpp's own (the xllamacpp wheel, started by
+``fslm serve`` in a process of its own), serving the SmolLM2 GGUF with one LoRA adapter per stage.
 
-Needs ``llama-cpp-python[server]`` (the ``llamacpp`` extra; it compiles from source, so plain CI may
-not have it): skipped with the reason when it is absent.
+The remote engine picks each stage's adapter per request (llama.cpp's ``lora`` field); its greedy texts
+equal the in-process llama.cpp engine's on the same stack, and differ from the base model's.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from langchain_fslm import FSLMChain, GenerationConfig, HandoffLogger, PromptTooLongError, StageSpec
+from langchain_fslm import FSLMChain, GenerationConfig, PromptTooLongError, StageSpec
 from langchain_fslm.engine.remote import RemoteEngine
-from langchain_fslm.models import shared_dir
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.errors import AdapterError
+from tests.llamacpp_helpers import random_adapter
 
 pytestmark = pytest.mark.slow
 
-GGUF = "models/smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIAS = "smollm2-135m-instruct"
+PROMPTS = ["Why is the sky blue?", "Name a fruit.", "How do I boil an egg?"]
 
 
 def _free_port() -> int:
@@ -33,31 +33,56 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _specs(adapters: bool) -> list[StageSpec]:
+    budget = {"max_new_tokens": 12}
+    return [
+        StageSpec(
+            name="intent",
+            prompt="Say what is asked: {input}",
+            adapter="intent" if adapters else None,
+            generation=budget,
+        ),
+        StageSpec(
+            name="answer",
+            prompt="{input}\n{intent}",
+            adapter="answer" if adapters else None,
+            generation=budget,
+        ),
+    ]
+
+
 @pytest.fixture(scope="module")
-def llamacpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (pip install 'langchain-fslm[llamacpp]')")
-    model = shared_dir() / GGUF
-    if not model.is_file():
-        pytest.skip(f"SmolLM2 GGUF not found at {model} (set FSLM_SHARED_DIR)")
+def stack_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("served-adapters")
+    random_adapter(root / "intent", seed=1)
+    random_adapter(root / "answer", seed=2)
+    stack = FSLMChain.from_specs(_specs(adapters=True), engine="llamacpp", adapter_root=root)
+    try:
+        return stack.save_pretrained(tmp_path_factory.mktemp("served") / "stack")
+    finally:
+        stack.release()
+
+
+@pytest.fixture(scope="module")
+def server_url(stack_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", ALIAS]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    cmd = [sys.executable, "-m", "langchain_fslm.cli", "serve", str(stack_folder), "--port", str(port)]
+    cmd += ["--threads", "1", "--parallel", "2"]
     log = tmp_path_factory.mktemp("llamacpp") / "server.log"  # a pipe would fill up and block the server
     with log.open("w") as sink:
         server = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             if server.poll() is not None:
-                pytest.fail(f"llama.cpp server exited: {log.read_text()[-2000:]}")
+                pytest.fail(f"fslm serve exited: {log.read_text()[-2000:]}")
             try:
                 urllib.request.urlopen(f"{url}/models", timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail("llama.cpp server did not come up within 120 s")
+                    pytest.fail(f"fslm serve did not come up within 180 s: {log.read_text()[-2000:]}")
                 time.sleep(0.5)
         yield url
     finally:
@@ -69,35 +94,44 @@ def llamacpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.wait()
 
 
-def test_default_stack_runs_every_stage_on_the_llamacpp_server(llamacpp_url, tmp_path):
-    engine = RemoteEngine(llamacpp_url, timeout=300, max_retries=0, server="llamacpp")
-    assert engine.served_models() == [ALIAS]
-    stack = FSLMChain.from_specs(
-        default_stage_specs(max_new_tokens=24), backend="remote", remote=engine, include_handoffs=True
+def _remote(url: str) -> dict[str, object]:
+    return {"base_url": url, "server": "llamacpp", "timeout": 300, "max_retries": 0}
+
+
+def test_the_served_stack_answers_like_the_in_process_engine(stack_folder, server_url):
+    local = FSLMChain.from_pretrained(stack_folder, engine="llamacpp", include_handoffs=True)
+    remote = FSLMChain.from_pretrained(
+        stack_folder, backend="remote", remote=_remote(server_url), include_handoffs=True
     )
-    assert all(s.engine is engine for s in stack.stages)
-    logger = HandoffLogger(tmp_path / "handoffs.jsonl")
-    out = stack.invoke("Why is the sky blue?", config={"callbacks": [logger]})
+    bare = FSLMChain.from_specs(_specs(adapters=False), engine="llamacpp", include_handoffs=True)
+    try:
+        assert all(isinstance(s.engine, RemoteEngine) for s in remote.stages)
+        here, there, base = local.batch(PROMPTS), remote.batch(PROMPTS), bare.batch(PROMPTS)
+        for a, b in zip(here, there, strict=True):
+            assert [r.text for r in a.results] == [r.text for r in b.results]  # greedy: the same texts
+            assert all(0 < r.completion_tokens <= 12 for r in b.results)
+        # the adapters were applied per request: the base model writes other texts
+        assert [r.results[0].text for r in there] != [r.results[0].text for r in base]
+        plain = FSLMChain.from_pretrained(stack_folder, backend="remote", remote=_remote(server_url))
+        pieces = list(plain.stream(PROMPTS[1]))
+        assert len(pieces) > 1
+        assert "".join(pieces) == there[1].output
+    finally:
+        local.release()
+        bare.release()
 
-    assert [r["from_stage"] for r in logger.records] == ["intent", "key_points", "draft", "answer"]
-    assert out.output.strip() and out.output == out.results[-1].text
-    for result in out.results:
-        # the server counted the chat-templated prompt and generated within the budget
-        assert result.prompt_tokens > 20 and 0 < result.completion_tokens <= 24
-    assert "\n" not in out.results[0].raw  # the intent stage's stop sequence was applied
 
-    again = stack.invoke("Why is the sky blue?")  # greedy decoding on the server is deterministic
-    assert again.output == out.output
-
-    pieces = list(stack.stream("Name one fruit."))
-    assert len(pieces) > 1 and "".join(pieces).strip()
+def test_an_adapter_the_server_does_not_serve_is_named(stack_folder, server_url):
+    remote = {**_remote(server_url), "adapter_models": {"intent": "summary"}}
+    stack = FSLMChain.from_pretrained(stack_folder, backend="remote", remote=remote)
+    with pytest.raises(AdapterError, match=r"serves no LoRA file named summary\.gguf.*'answer', 'intent'"):
+        stack.invoke(PROMPTS[0])
 
 
-def test_a_prompt_too_long_for_the_server_fails_only_its_row(llamacpp_url):
+def test_a_prompt_too_long_for_the_server_fails_only_its_row(server_url):
     spec = StageSpec(name="draft", prompt="{input}", generation=GenerationConfig(max_new_tokens=4))
-    remote = {"base_url": llamacpp_url, "server": "llamacpp", "timeout": 300, "max_retries": 0}
-    stack = FSLMChain.from_specs([spec], backend="remote", remote=remote)
+    stack = FSLMChain.from_specs([spec], backend="remote", remote=_remote(server_url))
     outs = stack.batch(["Hi.", "word " * 2100, "Name a fruit."], return_exceptions=True)
-    assert isinstance(outs[1], PromptTooLongError), outs[1]  # n_ctx is 2048
-    assert "Stage 'draft'" in str(outs[1]) and "maximum context length is 2048" in str(outs[1])
+    assert isinstance(outs[1], PromptTooLongError), outs[1]  # each slot holds 2048 tokens
+    assert "draft" in str(outs[1])
     assert isinstance(outs[0], str) and isinstance(outs[2], str)

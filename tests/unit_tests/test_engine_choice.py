@@ -44,7 +44,8 @@ def test_auto_is_llamacpp_on_a_gguf_base_only(tiny_model_dir, monkeypatch):
         pytest.skip("embedded GGUF not found")
     assert local_engine_kind("auto", folder) == "torch"
     assert local_engine_kind("torch", gguf) == "torch"
-    assert local_engine_kind(None, gguf) == "torch"  # the default (auto is opt-in: docs/engines.md)
+    assert local_engine_kind(None, gguf) == "llamacpp"  # the default: llama.cpp on a GGUF base
+    assert local_engine_kind(None, folder) == "torch"
     assert local_engine_kind("auto", gguf, needs_torch=True) == "torch"  # compiled decoding, scoring
     with pytest.raises(ValueError, match="engine='llamacpp' cannot do this"):
         local_engine_kind("llamacpp", gguf, needs_torch=True)
