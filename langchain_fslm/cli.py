@@ -191,13 +191,12 @@ def serve(
     import time
 
     from langchain_fslm.errors import FSLMError
-    from langchain_fslm.models import ModelNotFoundError
     from langchain_fslm.serve import serve_stack
 
     folder = _stack_folder(folder)
     try:
         served = serve_stack(folder, host=host, port=port, n_parallel=parallel, n_threads=threads)
-    except (FSLMError, ModelNotFoundError) as err:
+    except FSLMError as err:  # ManifestError, ModelNotFoundError, AdapterError among them
         raise fail(str(err)) from None
     typer.echo(f"serving {folder} on {served.address}/v1 (OpenAI API; llama.cpp, base {served.base_model})")
     for stage, file in served.adapters.items():

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_fslm.engine.llamacpp_lora import gguf_lora, read_base_gguf
+from langchain_fslm.engine.llamacpp import LlamaCppEngine
 from langchain_fslm.engine.llamacpp_server import server_params
 from langchain_fslm.engine.remote_http import RemoteSettings
 from langchain_fslm.errors import FSLMError
-from langchain_fslm.models.refs import ModelNotFoundError, cache_dir, resolve
+from langchain_fslm.models.refs import cache_dir
 from langchain_fslm.persistence import load_stack_manifest
 
 
@@ -68,8 +68,8 @@ def serve_stack(
         host: Address to listen on (loopback by default; the server has no authentication).
         port: Port; 0 picks a free one (see ``ServedStack.address``).
         n_parallel: Slots: requests decoded together.
-        n_ctx: Context tokens per slot (default: the model's, at most 2048).
-        n_threads: CPU threads (default: one per core).
+        n_ctx: Context tokens per slot (default: :class:`LlamaCppEngine`'s).
+        n_threads: CPU threads (default: :class:`LlamaCppEngine`'s, one per core).
 
     Raises:
         ManifestError: If the stack folder or its manifest is wrong.
@@ -81,13 +81,9 @@ def serve_stack(
 
     folder = Path(folder)
     manifest = load_stack_manifest(folder)
-    resolved = resolve(manifest.base_model)
-    if not resolved.gguf_file:
-        raise ModelNotFoundError(
-            f"{folder}: base model {manifest.base_model.source!r} has no GGUF file; llama.cpp serves GGUF "
-            "bases only (serve other bases with vLLM: fslm export-vllm)"
-        )
-    base = read_base_gguf(Path(resolved.path) / resolved.gguf_file)
+    # the in-process engine (its server never started) checks the base, sets the defaults and converts
+    # each adapter as it does for a stack, with errors naming the stage
+    engine = LlamaCppEngine(manifest.base_model, n_threads=n_threads, n_parallel=n_parallel, n_ctx=n_ctx)
     # llama.cpp lists each adapter by its path; the remote engine finds a stage's by the file name
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
     served_dir = cache_dir() / "served-lora" / f"{key}-{os.getpid()}"
@@ -95,19 +91,20 @@ def serve_stack(
     adapters: dict[str, Path] = {}
     for stage in manifest.stages:
         if stage.adapter is not None:
-            converted = gguf_lora(folder / stage.adapter, base)
+            engine.load_adapter(stage.name, folder / stage.adapter)
             target = served_dir / f"{stage.name}.gguf"
             target.unlink(missing_ok=True)
             try:
-                target.symlink_to(converted)
+                target.symlink_to(engine.adapter_files[stage.name])
             except OSError:  # no symlinks here (some Windows setups): a copy
-                shutil.copyfile(converted, target)
+                shutil.copyfile(engine.adapter_files[stage.name], target)
             adapters[stage.name] = target
+    base = engine.gguf
     params = server_params(
         base.path,
-        n_parallel=n_parallel,
-        n_ctx=n_ctx or min(base.context_length, 2048),
-        n_threads=n_threads or os.cpu_count() or 1,
+        n_parallel=engine.n_parallel,
+        n_ctx=engine.n_ctx,
+        n_threads=engine.n_threads,
         loras=list(adapters.values()),
     )
     params.hostnames = [host]

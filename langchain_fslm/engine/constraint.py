@@ -167,7 +167,9 @@ def check_budget(constraint: OutputConstraint, max_new_tokens: int, engine: Any,
 
     bounds = constraint.shortest_text()
     measure = getattr(engine, "longest_token_chars", None)
-    if bounds is None or not callable(measure):
+    # a token that writes anything writes at least one character: a shortest text of at most
+    # max_new_tokens characters always fits, and the vocabulary need not be read (the default stages)
+    if bounds is None or bounds[0] <= max_new_tokens or not callable(measure):
         return
     low, alphabet = bounds
     longest = measure(alphabet)

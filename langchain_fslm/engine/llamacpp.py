@@ -92,8 +92,8 @@ class LlamaCppEngine(PromptFit, GGUFAdapters, LlamaCppServer, Engine):
         resolved = resolve(ref)
         if not resolved.gguf_file:
             raise ModelNotFoundError(
-                f"The llama.cpp engine runs GGUF files; base model {ref.source!r} has none (use "
-                "engine='torch', or a .gguf base)."
+                f"llama.cpp runs GGUF files; base model {ref.source!r} has none (run it on torch: "
+                "engine='torch'; serve it with vLLM: fslm export vllm; or use a .gguf base)."
             )
         if n_parallel < 1:
             raise ValueError(f"n_parallel must be at least 1, got {n_parallel}")
