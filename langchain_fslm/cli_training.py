@@ -232,30 +232,46 @@ def heldout(
         Optional[int], typer.Option(min=1, help="Override every stage's budget.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Records per batch.")] = 8,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(
+            help="What writes the answers: torch, llamacpp or auto (llamacpp on a GGUF base). Default: "
+            "the stack's manifest, else $FSLM_ENGINE, else auto. The reference likelihoods are always "
+            "scored on torch."
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the full result JSON here.")] = None,
     as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Score a stack (or the base model) on the held-out Alpaca records: ROUGE-L and reference loglik."""
     from langchain_fslm.chain import FSLMChain
+    from langchain_fslm.engine.registry import ENGINE_CHOICES, capabilities_of
     from langchain_fslm.errors import FSLMError
     from langchain_fslm.models import shared_dir
     from langchain_fslm.training.data import load_alpaca, split_heldout
     from langchain_fslm.training.heldout import base_chain, evaluate_chain
 
+    if engine is not None and engine not in ENGINE_CHOICES:
+        raise fail(f"--engine must be one of {', '.join(ENGINE_CHOICES)}; got {engine!r}")
     data = data or shared_dir() / "data" / "alpaca" / "alpaca_5000.json"
     try:
         _, rows = split_heldout(load_alpaca(data), n_heldout, seed)
         rows = rows[:limit] if limit else rows
-        # the reference likelihoods need the torch engine, whatever the default engine is
-        chain = (
-            FSLMChain.from_pretrained(stack, base_model=base, engine="torch")
-            if stack
-            else base_chain(base, engine="torch")
-        )
-        if max_new_tokens:
-            for s in chain.stages:
+
+        def load(choice: str | None) -> Any:
+            chain = (
+                FSLMChain.from_pretrained(stack, base_model=base, engine=choice)
+                if stack
+                else base_chain(base, engine=choice)
+            )
+            for s in chain.stages if max_new_tokens else []:
                 chain = chain.with_generation(s.name, max_new_tokens=max_new_tokens)
-        result = evaluate_chain(chain, rows, str(stack or "base"), batch_size=batch_size)
+            return chain
+
+        chain = load(engine)  # answers on the chosen engine (llama.cpp on a GGUF base by default) ...
+        # ... and the reference likelihoods on torch, whatever answers
+        scorer = None if capabilities_of(chain.stages[-1].engine).loglikelihood else load("torch")
+        result = evaluate_chain(chain, rows, str(stack or "base"), batch_size=batch_size, scorer=scorer)
     except FSLMError as err:
         raise fail(str(err)) from None
     if out:

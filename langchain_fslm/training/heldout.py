@@ -3,6 +3,10 @@
 Two numbers per system: ROUGE-L F1 of the final answer against the reference answer, and the mean
 per-token log-likelihood the final model (last stage, with its adapter and its rendered prompt built
 from the system's own earlier stages) gives the reference answer.
+
+The answers can come from any engine (llama.cpp is several times faster on a GGUF base); the
+likelihoods need a torch engine, so a ``scorer`` (the same stack loaded on torch) scores them when the
+answering stack's engine cannot.
 """
 
 from __future__ import annotations
@@ -46,26 +50,44 @@ def _text(value: Any) -> str:
 
 
 def evaluate_chain(
-    chain: Any, rows: Sequence[dict[str, Any]], system: str, batch_size: int = 8, progress: bool = True
+    chain: Any,
+    rows: Sequence[dict[str, Any]],
+    system: str,
+    batch_size: int = 8,
+    progress: bool = True,
+    scorer: Any = None,
 ) -> HeldoutResult:
     """Answer every held-out row with ``chain`` and score answers and reference likelihoods.
 
     Args:
-        chain: An :class:`FSLMChain` on a :class:`LocalEngine`.
+        chain: An :class:`FSLMChain` (any engine).
         rows: Alpaca rows (``instruction``, ``input``, ``output``).
         system: Label for the report.
         batch_size: Rows per batched stack call.
         progress: Show a progress bar.
+        scorer: The same stack on a torch engine; its last stage scores the reference answers in the
+            prompt built from ``chain``'s handoffs. Default: ``chain`` itself (then on torch).
+
+    Raises:
+        FSLMError: If the scoring stack's engine cannot score log-likelihoods.
     """
     import time
 
     from rouge_score import rouge_scorer
     from tqdm.auto import tqdm
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge_l = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    from langchain_fslm.engine.registry import capabilities_of
+    from langchain_fslm.errors import FSLMError
+
     chain = chain.with_handoffs()
-    last = chain.stages[-1]
+    last = (scorer or chain).stages[-1]
     engine = last.engine
+    if not capabilities_of(engine).loglikelihood:
+        raise FSLMError(
+            f"held-out scoring needs a torch engine for the reference likelihoods; {type(engine).__name__} "
+            "has none (pass scorer=, the stack loaded with engine='torch')"
+        )
     rouge: list[float] = []
     loglik: list[float | None] = []
     samples: list[dict[str, str]] = []
@@ -84,7 +106,7 @@ def evaluate_chain(
             state = {"input": req, **{k: _text(v) for k, v in out.stages.items()}}
             context = engine.render(last.render(state), last.system)
             pairs.append((context, str(row["output"])))
-            rouge.append(scorer.score(str(row["output"]), out.output)["rougeL"].fmeasure)
+            rouge.append(rouge_l.score(str(row["output"]), out.output)["rougeL"].fmeasure)
             if len(samples) < 3:
                 samples.append({"request": req, "answer": out.output, "reference": str(row["output"])})
         scores = iter(engine.loglikelihood(pairs, adapter=last.adapter, batch_size=batch_size))

@@ -467,3 +467,28 @@ def test_identical_rows_are_records_of_their_own_and_resume_exactly(tmp_path):
     again = distill(rows, CountingTeacher(), out, progress=False)
     assert (again.skipped, again.written) == (3, 1)
     assert sorted(r["id"] for r in read_records(out)) == sorted(ids)
+
+
+def test_heldout_answers_on_one_engine_and_scores_on_the_scorer(tiny_engine):
+    """An engine that cannot score (llama.cpp) answers; the scorer's torch engine scores the references."""
+    import dataclasses
+
+    from langchain_fslm.engine.local import LocalEngine
+    from langchain_fslm.errors import FSLMError
+    from langchain_fslm.training.heldout import base_chain, evaluate_chain
+
+    class AnswersOnly(LocalEngine):  # the same generations, and no log-likelihoods
+        def __init__(self, inner: LocalEngine) -> None:
+            self.__dict__.update(inner.__dict__)
+
+        def capabilities(self):  # type: ignore[no-untyped-def]
+            return dataclasses.replace(super().capabilities(), loglikelihood=False)
+
+    plain = base_chain(engine=tiny_engine).with_generation(max_new_tokens=3)
+    answering = base_chain(engine=AnswersOnly(tiny_engine)).with_generation(max_new_tokens=3)
+    with pytest.raises(FSLMError, match="torch engine"):
+        evaluate_chain(answering, ROWS[:2], "base", progress=False)
+    split = evaluate_chain(answering, ROWS[:2], "base", progress=False, scorer=plain)
+    whole = evaluate_chain(plain, ROWS[:2], "base", progress=False)
+    assert split.rouge_l_per_record == whole.rouge_l_per_record
+    assert split.loglik_per_record == pytest.approx(whole.loglik_per_record)
