@@ -6,7 +6,8 @@ Everything issue 24 asks for, in one run, greedy, four random LoRA adapters (r=8
 trained one has):
 
 1. Resident memory of a four-stage stack (one base, four adapters, one invoke) on each engine, each in a
-   fresh process, so neither engine's libraries count against the other.
+   fresh process, so neither engine's libraries count against the other; on llama.cpp also with one
+   server slot (``n_parallel=1``: a quarter of the KV cache).
 2. The Q4_1 weight-bandwidth bound: bytes of the GGUF's tensors read per decoded token, the machine's
    read bandwidth, and the rate that allows.
 3. Batch-1 decode tokens/s (64-token call minus 1-token call, so the prompt does not count) of the
@@ -47,7 +48,12 @@ def child(kind: str, adapters: Path, stage_tokens: int) -> dict[str, Any]:
     """A four-stage stack on one engine, invoked once, in this fresh process: its resident memory."""
     from langchain_fslm import FSLMChain
 
-    stack = FSLMChain.from_specs(specs(stage_tokens), engine=kind, adapter_root=adapters)
+    engine: Any = kind
+    if kind == "llamacpp-1slot":  # the memory a user who needs no parallel requests can save
+        from langchain_fslm.engine.llamacpp import LlamaCppEngine
+
+        engine = LlamaCppEngine(n_parallel=1)
+    stack = FSLMChain.from_specs(specs(stage_tokens), engine=engine, adapter_root=adapters)
     stack.invoke(PROMPTS[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rss_mib": rss_mib(), "peak_rss_mib": peak, "torch_imported": "torch" in sys.modules}
@@ -187,7 +193,7 @@ def main() -> None:
         random_lora(eager.model, adapters / name, seed=i + 1, targets=TARGETS)
 
     # 1. memory, each stack in its own process
-    for kind in ("torch", "llamacpp"):
+    for kind in ("torch", "llamacpp", "llamacpp-1slot"):
         out[f"memory_{kind}"] = run_child(kind, adapters, args.stage_tokens)
         print(f"memory {kind}: {out[f'memory_{kind}']}", flush=True)
 
@@ -238,6 +244,7 @@ def main() -> None:
         (f"RSS stack on {k} (MiB, peak)", f"{m['rss_mib']:.0f} ({m['peak_rss_mib']:.0f})", t)
         for k, m, t in (
             ("llama.cpp", out["memory_llamacpp"], "<= 350"),
+            ("llama.cpp, n_parallel=1", out["memory_llamacpp-1slot"], ""),
             ("torch", out["memory_torch"], ""),
         )
     ]

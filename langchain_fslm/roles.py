@@ -61,7 +61,7 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
             name="key_points",
             prompt=KEY_POINTS_PROMPT,
             output_type="key_points",
-            generation=gen(112, ["\n\n"]),
+            generation=gen(144, ["\n\n"]),
             parse_retries=0,
             on_parse_error="pass_raw",
         ),

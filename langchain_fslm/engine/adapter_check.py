@@ -79,7 +79,7 @@ def read_tensor_header(path: Path) -> dict[str, tuple[list[int], str]]:
     Raises:
         AdapterError: If the file is missing, truncated, not safetensors, or a link out of the folder.
     """
-    from safetensors import safe_open
+    from langchain_fslm.engine.safetensors_file import SafetensorsFormatError, read_header
 
     file = _inside(path, WEIGHTS_FILE)
     if not file.is_file():
@@ -87,14 +87,11 @@ def read_tensor_header(path: Path) -> dict[str, tuple[list[int], str]]:
         if (path / "adapter_model.bin").exists():
             pickled = " (adapter_model.bin is never loaded: unpickling can run code)"
         raise AdapterError(f"{file} is missing{pickled}.")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {
-                key: (list(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype())
-                for key in f.keys()  # noqa: SIM118
-            }
-    except Exception as err:  # safetensors raises SafetensorError / OSError for broken files
+    try:  # the header alone, without torch: the llama.cpp engine checks adapters with it too
+        header, _ = read_header(file)
+    except (SafetensorsFormatError, OSError) as err:
         raise AdapterError(f"{file}: not a readable safetensors file ({err})") from None
+    return {key: ([int(d) for d in e["shape"]], str(e["dtype"])) for key, e in header.items()}
 
 
 def _features(module: Any) -> tuple[str, int, int] | None:

@@ -264,15 +264,20 @@ def write_gguf_lora(plan: LoraPlan, base: BaseGGUF, target: Path, *, permute_qk:
     """
     import gguf
     import numpy as np
-    from safetensors import safe_open
 
+    from langchain_fslm.engine.safetensors_file import SafetensorsFormatError, read_float32
+
+    file = plan.folder / WEIGHTS_FILE
+    try:  # numpy only: a llama.cpp process never imports torch
+        tensors = read_float32(file, list(plan.tensors))
+    except SafetensorsFormatError as err:
+        raise AdapterError(f"{file}: {err}") from None
     arrays: dict[str, Any] = {}
-    with safe_open(str(plan.folder / WEIGHTS_FILE), framework="pt") as f:
-        for key, (name, heads) in plan.tensors.items():
-            array = f.get_tensor(key).float().numpy().astype(np.float16)
-            if heads is not None and permute_qk:
-                array = _permute_rows(array, getattr(base, heads))
-            arrays[name] = np.ascontiguousarray(array)
+    for key, (name, heads) in plan.tensors.items():
+        array = tensors[key].astype(np.float16)
+        if heads is not None and permute_qk:
+            array = _permute_rows(array, getattr(base, heads))
+        arrays[name] = np.ascontiguousarray(array)
 
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), arch=base.arch)  # writes general.architecture

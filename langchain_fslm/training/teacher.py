@@ -106,11 +106,12 @@ def resolve_teacher(spec: str | Any) -> Teacher:
             f"teacher spec {spec!r}: use hf:<model>, openai:<model>, ollama:<model> or module:attr"
         )
     if kind == "hf":
-        from langchain_fslm.engine.local import get_engine
+        from langchain_fslm.engine.registry import create_engine, local_engine_kind
         from langchain_fslm.models import EMBEDDED_DEFAULT, BaseModelRef
 
-        source = EMBEDDED_DEFAULT if rest == "embedded" else rest
-        return EngineTeacher(get_engine(BaseModelRef(source=source)), name=spec)
+        ref = BaseModelRef(source=EMBEDDED_DEFAULT if rest == "embedded" else rest)
+        # the default engine: llama.cpp on a GGUF model (several times faster), else torch
+        return EngineTeacher(create_engine(local_engine_kind(None, ref), ref), name=spec)
     if kind in ("openai", "ollama"):
         module, cls = {
             "openai": ("langchain_openai", "ChatOpenAI"),

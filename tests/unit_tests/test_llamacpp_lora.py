@@ -199,3 +199,40 @@ def test_broken_base_files_are_model_not_found(tmp_path):
     corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ModelNotFoundError, match="not a readable GGUF"):
         read_base_gguf(corrupt)
+
+
+def test_safetensors_reader_matches_safetensors_for_every_float_dtype_without_torch(tmp_path):
+    """The llama.cpp path reads adapters with numpy alone (bf16 included, which numpy lacks)."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    from langchain_fslm.engine.safetensors_file import SafetensorsFormatError, read_float32, read_header
+
+    tensors = {
+        name: torch.randn(3, 5).to(dtype) for name, dtype in (("a", torch.bfloat16), ("b", torch.float16))
+    }
+    tensors["c"] = torch.randn(2, 4)
+    file = tmp_path / "adapter_model.safetensors"
+    save_file(tensors, str(file))
+    header, _ = read_header(file)
+    assert {k: e["dtype"] for k, e in header.items()} == {"a": "BF16", "b": "F16", "c": "F32"}
+    arrays = read_float32(file, ["a", "b", "c"])
+    for key, tensor in tensors.items():
+        assert arrays[key].tolist() == tensor.float().tolist()  # exact: widening only
+    with pytest.raises(SafetensorsFormatError, match="no tensor"):
+        read_float32(file, ["d"])
+    code = (  # a fresh process: reading the header and the tensors imports no torch
+        "import sys; from pathlib import Path; "
+        "from langchain_fslm.engine.adapter_check import read_tensor_header; "
+        "from langchain_fslm.engine.safetensors_file import read_float32; "
+        f"folder = Path({str(tmp_path)!r}); read_tensor_header(folder); "
+        "read_float32(folder / 'adapter_model.safetensors', ['a']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    file.write_bytes(file.read_bytes()[:20])
+    with pytest.raises(SafetensorsFormatError):
+        read_header(file)
