@@ -13,7 +13,8 @@
 3. Tool calls: 10 requests that need one of 3 tools, ``bind_tools(..., tool_choice="any")``: valid calls to
    the right tool, and with the right main argument.
 4. Cost: decode tokens/s under a grammar vs free on the same prompts and token counts, and grammar compile
-   time (cold and cached). ``--only cost`` reruns one part and keeps the others from the last result.
+   time (cold and cached). ``--only cost`` reruns one part and keeps the others from the last result;
+   ``--only heldout --heldout-modes constrained`` reruns one held-out mode and keeps the other (dated).
 
 Writes ``benchmarks/results/typed_handoffs.json``.
 """
@@ -92,8 +93,11 @@ def points_keep_role(points: list[str], intent: str) -> bool:
     return 2 <= len(points) <= 4 and all(p.strip(" .").lower() != intent.strip(" .").lower() for p in points)
 
 
-def heldout(n: int) -> dict[str, Any]:
-    """Parse validity and role keeping of the upstream stages, constrained and free."""
+def heldout(n: int, modes: list[str], kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse validity and role keeping of the upstream stages, constrained and free (``modes``).
+
+    The modes not run are kept from ``kept`` (the last result's held-out part), with its date.
+    """
     from langchain_fslm import FSLMChain
     from langchain_fslm.models import shared_dir
     from langchain_fslm.roles import default_stage_specs
@@ -102,7 +106,13 @@ def heldout(n: int) -> dict[str, Any]:
     rows = load_alpaca(shared_dir() / "data" / "alpaca" / "alpaca_5000.json")
     requests = [request_text(r) for r in split_heldout(rows, n_heldout=n)[1]]
     out: dict[str, Any] = {"n": len(requests)}
+    for label in ("constrained", "free"):
+        if label not in modes and kept and label in kept:
+            out[label] = {**kept[label], "kept_from": kept[label].get("kept_from", kept.get("date"))}
+    out["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for label, constrained in (("constrained", True), ("free", False)):
+        if label not in modes:
+            continue
         specs = [s.model_copy(update={"constrained": constrained}) for s in default_stage_specs()[:2]]
         specs[1] = specs[1].model_copy(update={"prompt": specs[1].prompt})
         stack = FSLMChain.from_specs(specs).with_handoffs()
@@ -277,6 +287,13 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--skip-heldout", action="store_true")
     parser.add_argument(
+        "--heldout-modes",
+        nargs="+",
+        choices=["constrained", "free"],
+        default=["constrained", "free"],
+        help="run only these held-out modes; the other is kept from the last result",
+    )
+    parser.add_argument(
         "--only",
         choices=["cost", "structured", "tools", "heldout"],
         action="append",
@@ -285,13 +302,13 @@ def main() -> None:
     args = parser.parse_args()
     data: dict[str, Any] = {"machine": machine()}
     previous = RESULTS_DIR / "typed_handoffs.json"
-    if args.only and previous.is_file():
-        kept = json.loads(previous.read_text())
+    kept: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    if args.only and kept:
         data |= {k: v for k, v in kept.items() if k not in args.only and k != "machine"}
         data["machine_of_kept_parts"] = kept.get("machine_of_kept_parts", kept.get("machine"))
     parts = [("cost", cost), ("structured", structured), ("tools", tools)]
     if not args.skip_heldout:
-        parts.append(("heldout", lambda: heldout(args.heldout)))
+        parts.append(("heldout", lambda: heldout(args.heldout, args.heldout_modes, kept.get("heldout"))))
     parts = [(n, f) for n, f in parts if not args.only or n in args.only]
     partial = RESULTS_DIR / "typed_handoffs.partial.json"
     for name, run in parts:  # each part is kept as it ends, so a long run stopped early keeps the others

@@ -260,7 +260,7 @@ def heldout(
 
         def load(choice: str | None) -> Any:
             chain = (
-                FSLMChain.from_pretrained(stack, base_model=base, engine=choice)
+                FSLMChain.from_pretrained(stack, base_model=base, engine=choice)  # type: ignore[arg-type]  # checked above
                 if stack
                 else base_chain(base, engine=choice)
             )
