@@ -46,6 +46,9 @@ def read_header(file: Path) -> tuple[dict[str, dict[str, Any]], int]:
     for name, entry in header.items():
         if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
             raise SafetensorsFormatError(f"tensor {name!r} has no dtype, shape and data_offsets")
+    end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+    if 8 + length + end > file.stat().st_size:  # a truncated file: its last tensors have no data
+        raise SafetensorsFormatError(f"the tensors' data ends at byte {8 + length + end}, past the end")
     return header, 8 + length
 
 
