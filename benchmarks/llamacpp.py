@@ -10,7 +10,7 @@ trained one has):
    server slot (``n_parallel=1``: a quarter of the KV cache).
 2. The Q4_1 weight-bandwidth bound: bytes of the GGUF's tensors read per decoded token, the machine's
    read bandwidth, and the rate that allows.
-3. Batch-1 decode tokens/s (64-token call minus 1-token call, so the prompt does not count) of the
+3. Batch-1 decode tokens/s (``--tokens``-token call minus 1-token call, so the prompt does not count) of the
    torch engine eager and with ``compile_decode``, of the llama.cpp engine with and without an adapter,
    and of bare xllamacpp (no engine around it, no adapter loaded); the median of ``--rounds`` rounds,
    each engine's calls as a block (torch's OpenMP threads spin after a call and slow llama.cpp's).
@@ -78,37 +78,36 @@ def gguf_bytes_per_token(path: Path) -> dict[str, Any]:
     """
     import gguf
 
-    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
-    total = sum(tensors.values())
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    total = sum(int(t.n_bytes) for t in tensors.values())
     tied = "output.weight" not in tensors
     if not tied:  # the input embedding is a lookup of one row
         embd = tensors["token_embd.weight"]
-        rows = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight").shape[-1]
-        total -= embd - embd // int(rows)
+        total -= int(embd.n_bytes) - int(embd.n_bytes) // int(embd.shape[-1])
     return {"bytes": total, "tied_head": tied, "file_bytes": path.stat().st_size}
 
 
 # ----------------------------------------------------------------------------- decode rates
-def differential(call: Any, rounds: int) -> dict[str, Any]:
-    """Decode tokens/s: (n-token call - 1-token call) per extra token, medians over rounds."""
-    long_runs = [call(64) for _ in range(rounds)]
+def differential(call: Any, tokens: int, rounds: int) -> dict[str, Any]:
+    """Decode tokens/s: (``tokens``-token call - 1-token call) per extra token, medians over rounds."""
+    long_runs = [call(tokens) for _ in range(rounds)]
     short_runs = [call(1) for _ in range(rounds)]
     t_long = statistics.median(w for w, _ in long_runs)
     t_short = statistics.median(w for w, _ in short_runs)
     n_long = statistics.median(n for _, n in long_runs)
     return {
         "tokens_per_s": (n_long - 1) / (t_long - t_short),
-        "wall_64_s": t_long,
+        "wall_64_s": t_long,  # the key of the stored result (--tokens 64)
         "wall_1_s": t_short,
         "tokens": n_long,
     }
 
 
-def engine_call(engine: Any, adapter: str | None, tokens: int) -> Any:
+def engine_call(engine: Any, adapter: str | None) -> Any:
     from langchain_fslm.engine.base import GenerationConfig, GenerationRequest
 
     def call(n: int) -> tuple[float, int]:
-        cfg = GenerationConfig(max_new_tokens=n if n == 1 else tokens)
+        cfg = GenerationConfig(max_new_tokens=n)
         req = GenerationRequest(prompt=PROMPT, adapter=adapter, config=cfg)
         start = time.perf_counter()
         out = engine.generate([req])
@@ -117,7 +116,7 @@ def engine_call(engine: Any, adapter: str | None, tokens: int) -> Any:
     return call
 
 
-def bare_call(gguf_path: Path, threads: int, ids: list[int], tokens: int) -> Any:
+def bare_call(gguf_path: Path, threads: int, ids: list[int]) -> Any:
     """xllamacpp alone: a server with no adapter list and no engine around it."""
     import xllamacpp
 
@@ -132,7 +131,7 @@ def bare_call(gguf_path: Path, threads: int, ids: list[int], tokens: int) -> Any
     server = xllamacpp.Server(params)
 
     def call(n: int) -> tuple[float, int]:
-        body = {"prompt": ids, "n_predict": 1 if n == 1 else tokens, "temperature": 0, "cache_prompt": False}
+        body = {"prompt": ids, "n_predict": n, "temperature": 0, "cache_prompt": False}
         start = time.perf_counter()
         reply = server.handle_completions(body)
         return time.perf_counter() - start, int(reply["usage"]["completion_tokens"])
@@ -209,10 +208,10 @@ def main() -> None:
     for engine in (eager, compiled, llama):
         engine.load_adapter("intent", adapters / "intent")
     calls = {
-        "torch eager, adapter": engine_call(eager, "intent", args.tokens),
-        "torch compile_decode, adapter": engine_call(compiled, "intent", args.tokens),
-        "llama.cpp engine, adapter": engine_call(llama, "intent", args.tokens),
-        "llama.cpp engine, base": engine_call(llama, None, args.tokens),
+        "torch eager, adapter": engine_call(eager, "intent"),
+        "torch compile_decode, adapter": engine_call(compiled, "intent"),
+        "llama.cpp engine, adapter": engine_call(llama, "intent"),
+        "llama.cpp engine, base": engine_call(llama, None),
     }
     start = time.perf_counter()
     calls["torch compile_decode, adapter"](args.tokens)  # compiles
@@ -220,9 +219,9 @@ def main() -> None:
     for call in calls.values():
         call(args.tokens)  # warm
     ids = llama.token_ids(llama.render(PROMPT))
-    calls["bare xllamacpp, base"] = bare_call(gguf_path, llama.n_threads, ids, args.tokens)
+    calls["bare xllamacpp, base"] = bare_call(gguf_path, llama.n_threads, ids)
     calls["bare xllamacpp, base"](args.tokens)
-    decode = {name: differential(call, args.rounds) for name, call in calls.items()}
+    decode = {name: differential(call, args.tokens, args.rounds) for name, call in calls.items()}
     out["decode"] = decode
     for name, d in decode.items():
         print(f"{name}: {d['tokens_per_s']:.1f} tok/s", flush=True)

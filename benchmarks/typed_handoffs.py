@@ -106,12 +106,11 @@ def heldout(n: int, modes: list[str], kept: dict[str, Any] | None = None) -> dic
     rows = load_alpaca(shared_dir() / "data" / "alpaca" / "alpaca_5000.json")
     requests = [request_text(r) for r in split_heldout(rows, n_heldout=n)[1]]
     out: dict[str, Any] = {"n": len(requests)}
-    for label in ("constrained", "free"):
-        if label not in modes and kept and label in kept:
-            out[label] = {**kept[label], "kept_from": kept[label].get("kept_from", kept.get("date"))}
     out["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for label, constrained in (("constrained", True), ("free", False)):
         if label not in modes:
+            if kept and label in kept:
+                out[label] = {**kept[label], "kept_from": kept[label].get("kept_from", kept.get("date"))}
             continue
         specs = [s.model_copy(update={"constrained": constrained}) for s in default_stage_specs()[:2]]
         specs[1] = specs[1].model_copy(update={"prompt": specs[1].prompt})

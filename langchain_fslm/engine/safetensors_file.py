@@ -28,12 +28,13 @@ def read_header(file: Path) -> tuple[dict[str, dict[str, Any]], int]:
         SafetensorsFormatError: If the file is truncated or its header is not a safetensors header.
         OSError: If the file cannot be read.
     """
+    size = file.stat().st_size
     with file.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise SafetensorsFormatError("file too short for a header")
         (length,) = struct.unpack("<Q", head)
-        if length > 100_000_000 or length > file.stat().st_size - 8:
+        if length > 100_000_000 or length > size - 8:
             raise SafetensorsFormatError(f"header length {length} does not fit the file")
         raw = f.read(length)
     try:
@@ -47,7 +48,7 @@ def read_header(file: Path) -> tuple[dict[str, dict[str, Any]], int]:
         if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
             raise SafetensorsFormatError(f"tensor {name!r} has no dtype, shape and data_offsets")
     end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
-    if 8 + length + end > file.stat().st_size:  # a truncated file: its last tensors have no data
+    if 8 + length + end > size:  # a truncated file: its last tensors have no data
         raise SafetensorsFormatError(f"the tensors' data ends at byte {8 + length + end}, past the end")
     return header, 8 + length
 

@@ -76,10 +76,10 @@ def evaluate_chain(
     from rouge_score import rouge_scorer
     from tqdm.auto import tqdm
 
-    rouge_l = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     from langchain_fslm.engine.registry import capabilities_of
     from langchain_fslm.errors import FSLMError
 
+    rouge_l = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     chain = chain.with_handoffs()
     last = (scorer or chain).stages[-1]
     engine = last.engine
