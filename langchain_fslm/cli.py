@@ -55,7 +55,8 @@ def _stack_folder(path: Path) -> Path:
 def run(
     prompt: Annotated[str, typer.Argument(help="The request to answer.")],
     stack: Annotated[
-        Optional[Path], typer.Option(help="Stack folder (default: the built-in four-stage stack).")
+        Optional[Path],
+        typer.Option(help="Stack folder (default: the shipped default stack, trained where one is shipped)."),
     ] = None,
     base: Annotated[
         Optional[str],
@@ -64,6 +65,10 @@ def run(
             "base model is on this machine (default: its manifest's)."
         ),
     ] = None,
+    zero_shot: Annotated[
+        bool,
+        typer.Option(help="The default stack's zero-shot prompts instead of its shipped trained adapters."),
+    ] = False,
     show_handoffs: Annotated[bool, typer.Option(help="Print every stage's handoff.")] = False,
     handoff_log: Annotated[
         Optional[Path], typer.Option(help="Append handoffs to this JSON-lines file.")
@@ -138,6 +143,7 @@ def run(
         else:
             chain = FSLMChain.default(
                 base,
+                trained=False if zero_shot else None,
                 max_new_tokens=max_new_tokens,
                 compile_decode=compile_decode,
                 engine=engine,  # type: ignore[arg-type]  # checked above

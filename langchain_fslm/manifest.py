@@ -87,6 +87,13 @@ class StageSpec(BaseModel):
             raise ValueError(f"adapter path {value!r} must be a relative path inside the stack")
         return str(path)
 
+    def with_budget(self, max_new_tokens: int | None) -> StageSpec:
+        """This stage with another generation budget (None: unchanged)."""
+        if not max_new_tokens:
+            return self
+        generation = self.generation.model_copy(update={"max_new_tokens": max_new_tokens})
+        return self.model_copy(update={"generation": generation})
+
 
 class StackManifest(BaseModel):
     """A whole stack: base model reference and ordered stages."""

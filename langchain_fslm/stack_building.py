@@ -91,25 +91,42 @@ class StackBuilding:
         cls: Any,  # FSLMChain (a mixin cannot name its subclass as its own type)
         base_model: BaseModelRef | str | None = None,
         *,
+        trained: bool | None = None,
         max_new_tokens: int | None = None,
         compile_decode: bool = False,
         engine: Engine | EngineChoice | None = None,
     ) -> FSLMChain:
-        """The default four-stage stack (intent → key points → draft → answer), zero-shot.
+        """The default four-stage stack (intent → key points → draft → answer).
 
         Args:
             base_model: Base model (default: the embedded SmolLM2-135M-Instruct).
+            trained: True: the trained stack shipped in the package (its adapters were trained on the
+                embedded base; see ``langchain_fslm/stacks/default/README.md``); False: the zero-shot
+                prompts, no adapters; None (default): the shipped stack where one is shipped and
+                ``base_model`` is not given, else zero-shot.
             max_new_tokens: Override every stage's generation budget.
             compile_decode: Turn on compiled decoding in the local engine (see :meth:`from_specs`).
             engine: An engine, or ``"torch"`` / ``"llamacpp"`` / ``"auto"`` (see :meth:`from_specs`).
-        """
-        from langchain_fslm.roles import default_stage_specs
 
+        Raises:
+            ManifestError: If ``trained=True`` and no trained stack is shipped, or its adapter files do
+                not match the hashes on its card.
+        """
+        from langchain_fslm.errors import ManifestError
+        from langchain_fslm.roles import default_stage_specs
+        from langchain_fslm.shipped import SHIPPED_DIR, shipped_stack_dir
+
+        folder = shipped_stack_dir() if trained or (trained is None and base_model is None) else None
+        if trained and folder is None:
+            raise ManifestError(f"no trained default stack is shipped in this install ({SHIPPED_DIR})")
+        if folder is None:
+            specs, base, root = default_stage_specs(max_new_tokens), base_model, None
+        else:
+            manifest = load_stack_manifest(folder)
+            specs = [s.with_budget(max_new_tokens) for s in manifest.stages]
+            base, root = base_model_for(manifest, folder, base_model, False), folder
         return cls.from_specs(
-            default_stage_specs(max_new_tokens),
-            base_model=base_model,
-            compile_decode=compile_decode,
-            engine=engine,
+            specs, base_model=base, compile_decode=compile_decode, engine=engine, adapter_root=root
         )
 
     @classmethod

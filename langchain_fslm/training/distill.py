@@ -139,14 +139,7 @@ def distill(
     from langchain_fslm.roles import default_stage_specs
     from langchain_fslm.stage import SLMRunnable
 
-    specs = list(stages or default_stage_specs())
-    if max_new_tokens:
-        specs = [
-            s.model_copy(
-                update={"generation": s.generation.model_copy(update={"max_new_tokens": max_new_tokens})}
-            )
-            for s in specs
-        ]
+    specs = [s.with_budget(max_new_tokens) for s in stages or default_stage_specs()]
     runnables = [SLMRunnable.from_spec(s, engine=None) for s in specs]  # prompts only: no engine
     parsers = [StageOutputParser(output_type=output_type_by_name(s.output_type)) for s in specs]
     resolved = resolve_teacher(teacher)
