@@ -1,11 +1,13 @@
 """The held-out result table of docs/results.md, with paired bootstrap intervals of each difference.
 
-    python benchmarks/heldout_table.py RUNS_DIR [--reference base]
+    python benchmarks/heldout_table.py RUNS_DIR [--reference base] [--with-input]
 
 Reads ``RUNS_DIR/heldout-<system>.json`` (written by ``fslm heldout``), prints a markdown table of
 ROUGE-L and per-token reference log-likelihood per system with 95% intervals (bootstrap over
 records), and each system's difference from the reference system with a paired bootstrap 95% interval
-(the same resampled records for both systems). Writes ``RUNS_DIR/heldout-table.json``.
+(the same resampled records for both systems). ``--with-input`` keeps only the held-out records with an
+``input`` field (context + question, the RAG-like case). Writes
+``RUNS_DIR/table-<reference>[-with-input].json``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ def bootstrap(xs: list[float], ys: list[float] | None = None) -> tuple[float, fl
     return bootstrap_ci([xs if ys is None else [x - y for x, y in zip(xs, ys, strict=True)]])
 
 
+def with_input_only(result: dict[str, Any]) -> dict[str, Any]:
+    """The result restricted to the held-out records (seed 0, the first n) that have an ``input``."""
+    from langchain_fslm.models import shared_dir
+    from langchain_fslm.training.data import load_alpaca, split_heldout
+
+    rows = split_heldout(load_alpaca(shared_dir() / "data" / "alpaca" / "alpaca_5000.json"), 200, 0)[1]
+    keep = [i for i, row in enumerate(rows[: result["n"]]) if str(row.get("input") or "").strip()]
+    return {
+        **result,
+        "n": len(keep),
+        "rouge_l_per_record": [result["rouge_l_per_record"][i] for i in keep],
+        "loglik_per_record": [result["loglik_per_record"][i] for i in keep],
+    }
+
+
 def fmt(row: dict[str, Any], key: str) -> str:
     """``value [lo, hi]`` of one measure, or ``-`` where the row has none."""
     if key not in row:
@@ -42,12 +59,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", type=Path)
     parser.add_argument("--reference", default="base")
+    parser.add_argument("--with-input", action="store_true", help="only records with an input field")
     args = parser.parse_args()
 
     results = {
         p.stem.removeprefix("heldout-"): json.loads(p.read_text()) for p in args.runs.glob("heldout-*.json")
     }
     results.pop("table", None)
+    if args.with_input:
+        results = {name: with_input_only(r) for name, r in results.items()}
     ref = results[args.reference]
     out: dict[str, Any] = {}
     delta = f"Δ vs {args.reference} [paired 95% CI]"
@@ -72,7 +92,8 @@ def main() -> None:
         out[name] = row
         cells = " | ".join(fmt(row, k) for k in ("rouge_l", "rouge_l_diff", "loglik", "loglik_diff"))
         print(f"| {name} | {row['n']} | {cells} |")
-    (args.runs / "heldout-table.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = f"table-{args.reference}{'-with-input' if args.with_input else ''}.json"
+    (args.runs / name).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""The manifest of a training run's inputs: what `train_heldout.sh` was given, hashed, with the commit.
+
+    python benchmarks/run_inputs.py RUNS_DIR --data FILE --teacher SPEC --mode MODE --limit N ...
+
+Writes ``RUNS_DIR/inputs.json`` (beside the run's bulky artifacts, which stay out of the repository) and
+``benchmarks/results/run_inputs.json`` (the latest run's inputs, in the repository), so a published
+result names the exact data file, base model file, teacher, settings and code it came from. A rerun into
+the same folder with other inputs is refused: a resumed run must not mix two configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results" / "run_inputs.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path)
+    for flag in ("--data", "--teacher", "--mode", "--max-new"):
+        parser.add_argument(flag, required=True)
+    for flag in ("--limit", "--steps", "--eval-n"):
+        parser.add_argument(flag, type=int, required=True)
+    args = parser.parse_args()
+
+    from langchain_fslm.models.refs import embedded_default_gguf
+
+    gguf = embedded_default_gguf()
+    settings = {
+        "teacher": args.teacher,
+        "mode": args.mode,
+        "derive": ["key_points"] if args.mode == "hindsight" else [],
+        "limit": args.limit,
+        "steps_per_stage": args.steps,
+        "single_lora_steps": 4 * args.steps,
+        "eval_n": args.eval_n,
+        "max_new_tokens": args.max_new,
+        "heldout": 200,
+        "seed": 0,
+        "data": {"file": Path(args.data).name, "sha256": sha256(Path(args.data))},
+        "base_model": {"file": gguf.name, "sha256": sha256(gguf)},
+    }
+    manifest = args.runs / "inputs.json"
+    if manifest.exists():
+        before = json.loads(manifest.read_text())
+        if before["settings"] != settings:
+            sys.exit(f"{manifest}: this run folder holds a run with other inputs; use another folder")
+        return  # a resumed run: the first start's commit stays
+    record = {
+        "settings": settings,
+        "commit": commit(),
+        "versions": {p: version(p) for p in ("torch", "transformers", "peft", "xllamacpp")},
+    }
+    text = json.dumps(record, indent=2) + "\n"
+    args.runs.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(text)
+    RESULTS.write_text(text)
+    print(f"inputs: {manifest}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
