@@ -52,6 +52,7 @@ DERIVABLE = ("key_points",)
 """Stages :func:`derive` can write from the reference alone."""
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_CLAUSE = re.compile(r"[,;]\s+|\s+and\s+")
 _MAX_POINT = 90
 
 
@@ -72,8 +73,10 @@ def derive(stage: str, reference: str) -> str | None:
     """A stage's target written from the reference alone, or None where it cannot be.
 
     ``key_points``: the reference's first two to four sentences (or lines), each cut to 90 characters
-    (what the key_points constraint allows), as ``- `` bullets; a reference of one sentence gives None
-    (the teacher writes that record's points).
+    (what the key_points constraint allows), as ``- `` bullets. A reference of one sentence is split at
+    its clauses instead (commas, semicolons, `` and ``; more than four clauses are grouped into four),
+    because a small teacher asked for the points of a one-sentence answer writes points about the
+    request; a reference with a single clause gives None (the teacher writes that record's points).
 
     Raises:
         ValueError: For a stage that is not in :data:`DERIVABLE`.
@@ -81,10 +84,21 @@ def derive(stage: str, reference: str) -> str | None:
     if stage != "key_points":
         raise ValueError(f"stage {stage!r} cannot be derived from the reference; derivable: {DERIVABLE}")
     sentences = [s.strip(" -*\t") for s in _SENTENCE.split(reference.strip())]
-    points = [_shorten(s) for s in sentences if len(s) >= 3][:4]
-    if len(points) < 2:
+    sentences = [s for s in sentences if len(s) >= 3]
+    if len(sentences) == 1:
+        sentences = _clauses(sentences[0])
+    if len(sentences) < 2:
         return None
-    return "\n".join(f"- {p}" for p in points)
+    return "\n".join(f"- {_shorten(p)}" for p in sentences[:4])
+
+
+def _clauses(sentence: str) -> list[str]:
+    """A sentence's clauses, grouped into at most four points, in order."""
+    parts = [c.strip(" ,;") for c in _CLAUSE.split(sentence) if len(c.strip(" ,;")) >= 3]
+    if len(parts) <= 4:
+        return parts
+    size = -(-len(parts) // 4)  # ceil: four groups or fewer
+    return [", ".join(parts[i : i + size]) for i in range(0, len(parts), size)]
 
 
 def _shorten(sentence: str) -> str:

@@ -71,7 +71,7 @@ def test_one_file_holds_one_mode(tmp_path):
 
 def test_derived_key_points_come_from_the_reference_without_the_teacher(tmp_path):
     teacher = RecordingTeacher()
-    rows = [*ROWS[:2], {"instruction": "Say hi.", "input": "", "output": "Hi."}]  # one sentence: teacher
+    rows = [*ROWS[:2], {"instruction": "Say hi.", "input": "", "output": "Hi."}]  # one clause: teacher
     distill(rows, teacher, tmp_path / "h.jsonl", mode="hindsight", derive=["key_points"], progress=False)
     records = read_records(tmp_path / "h.jsonl")
     assert records[0]["stages"]["key_points"]["target"] == (
@@ -89,6 +89,17 @@ def test_derive_shortens_and_bounds_the_points():
     assert len(points) == 4 and all(p.startswith("- ") and len(p) <= 122 for p in points)
     assert points[0].endswith("...")
     assert derive("key_points", "Only one sentence") is None
+
+
+def test_a_one_sentence_reference_is_split_at_its_clauses():
+    assert derive("key_points", "The cymbal is percussion and the flute is wind.") == (
+        "- The cymbal is percussion\n- the flute is wind."
+    )
+    assert derive("key_points", "Serenely, precious, stumble, obvious.") == (
+        "- Serenely\n- precious\n- stumble\n- obvious."
+    )
+    six = derive("key_points", "aa1, bb2, cc3, dd4, ee5, ff6.")
+    assert six == "- aa1, bb2\n- cc3, dd4\n- ee5, ff6."  # grouped, nothing dropped
 
 
 def test_hindsight_prompt_of_a_custom_stage_adds_the_reference():
