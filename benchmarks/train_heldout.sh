@@ -3,7 +3,9 @@
 # Usage: benchmarks/train_heldout.sh [RUNS_DIR]
 #   env: LIMIT (training records), STEPS (steps per stage adapter), EVAL_N (held-out records scored),
 #        MODE (plain | hindsight: the teacher also sees the reference, key_points derived from it),
-#        TEACHER (default hf:embedded), MAX_NEW (override every budget; empty: the stages' own), DATA, FSLM
+#        TEACHER (default hf:embedded), MAX_NEW (override every budget; empty: the stages' own),
+#        SYSTEMS (scored, default "base single-lora fslm-stack"; the single LoRA is trained only if listed),
+#        DATA, FSLM
 # RUNS_DIR: where the handoffs, the two stacks and the held-out scores go; default $FSLM_RUNS, else runs/
 # (relative to the working directory). Run from the repository root, with ../shared beside the checkout.
 # Every step resumes: rerun the same line after a stop and finished work is kept.
@@ -23,9 +25,12 @@ $FSLM distill --data "$DATA" --teacher "$TEACHER" --out "$RUNS/handoffs.jsonl" \
   --heldout 200 --seed 0 --limit "$LIMIT" "${budget[@]}" --batch-size 8 "${mode[@]}"
 $FSLM train --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instruct \
   --out "$RUNS/fslm-stack" --max-steps "$STEPS" --batch-size 4 --save-steps 10
-$FSLM train --single --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instruct \
-  --out "$RUNS/single-lora" --max-steps $((4 * STEPS)) --batch-size 4 --save-steps 40
-for sys in ${SYSTEMS:-base single-lora fslm-stack}; do
+SYSTEMS=${SYSTEMS:-base single-lora fslm-stack}  # which systems to score (a run may reuse another's)
+if [[ " $SYSTEMS " == *" single-lora "* ]]; then
+  $FSLM train --single --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instruct \
+    --out "$RUNS/single-lora" --max-steps $((4 * STEPS)) --batch-size 4 --save-steps 40
+fi
+for sys in $SYSTEMS; do
   [ -f "$RUNS/heldout-$sys.json" ] && continue  # scored already (resume)
   stack=(); [ "$sys" = base ] || stack=(--stack "$RUNS/$sys")
   $FSLM heldout "${stack[@]}" --data "$DATA" --heldout 200 --seed 0 --limit "$EVAL_N" \
