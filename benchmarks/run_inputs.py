@@ -3,9 +3,9 @@
     python benchmarks/run_inputs.py RUNS_DIR --data FILE --teacher SPEC --mode MODE --limit N ...
 
 Writes ``RUNS_DIR/inputs.json`` (beside the run's bulky artifacts, which stay out of the repository) and
-``benchmarks/results/run_inputs.json`` (the latest run's inputs, in the repository), so a published
-result names the exact data file, base model file, teacher, settings and code it came from. A rerun into
-the same folder with other inputs is refused: a resumed run must not mix two configurations.
+``benchmarks/results/run_inputs.json`` (each run folder's latest inputs, by name, in the repository), so a
+published result names the exact data file, base model file, teacher, settings and code it came from. A
+rerun into the same folder with other inputs is refused: a resumed run must not mix two configurations.
 """
 
 from __future__ import annotations
@@ -64,20 +64,21 @@ def main() -> None:
         "base_model": {"file": gguf.name, "sha256": sha256(gguf)},
     }
     manifest = args.runs / "inputs.json"
-    if manifest.exists():
-        before = json.loads(manifest.read_text())
-        if before["settings"] != settings:
+    if manifest.exists():  # a resumed run: the first start's record (and commit) stays
+        record = json.loads(manifest.read_text())
+        if record["settings"] != settings:
             sys.exit(f"{manifest}: this run folder holds a run with other inputs; use another folder")
-        return  # a resumed run: the first start's commit stays
-    record = {
-        "settings": settings,
-        "commit": commit(),
-        "versions": {p: version(p) for p in ("torch", "transformers", "peft", "xllamacpp")},
-    }
-    text = json.dumps(record, indent=2) + "\n"
-    args.runs.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(text)
-    RESULTS.write_text(text)
+    else:
+        record = {
+            "settings": settings,
+            "commit": commit(),
+            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "xllamacpp")},
+        }
+        args.runs.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(record, indent=2) + "\n")
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    runs[args.runs.name] = record  # one entry per run folder: the latest run there
+    RESULTS.write_text(json.dumps(runs, indent=2, sort_keys=True) + "\n")
     print(f"inputs: {manifest}")  # noqa: T201
 
 
