@@ -23,7 +23,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fslm run "Why is the sky blue?" --show-handoffs
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=20 tests
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy langchain_fslm
