@@ -11,7 +11,6 @@ rerun into the same folder with other inputs is refused: a resumed run must not 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,14 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).resolve().parent / "results" / "run_inputs.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def commit() -> str:
@@ -46,6 +37,7 @@ def main() -> None:
         parser.add_argument(flag, type=int, required=True)
     args = parser.parse_args()
 
+    from langchain_fslm.files import sha256_file
     from langchain_fslm.models.refs import embedded_default_gguf
 
     gguf = embedded_default_gguf()
@@ -60,8 +52,8 @@ def main() -> None:
         "max_new_tokens": args.max_new,
         "heldout": 200,
         "seed": 0,
-        "data": {"file": Path(args.data).name, "sha256": sha256(Path(args.data))},
-        "base_model": {"file": gguf.name, "sha256": sha256(gguf)},
+        "data": {"file": Path(args.data).name, "sha256": sha256_file(Path(args.data))},
+        "base_model": {"file": gguf.name, "sha256": sha256_file(gguf)},
     }
     manifest = args.runs / "inputs.json"
     if manifest.exists():  # a resumed run: the first start's record (and commit) stays

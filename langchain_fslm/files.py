@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -37,3 +38,12 @@ def write_text(path: Path, text: str, mode: int = 0o666) -> Path:
 
 
 __all__ = ["write_atomically", "write_text"]
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 hex digest, read in 1 MiB blocks (GGUF files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

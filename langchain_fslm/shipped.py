@@ -13,7 +13,6 @@ langchain_fslm.shipped SRC --card-json CARD``); :func:`shipped_stack_dir` finds 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_fslm.errors import ManifestError
-from langchain_fslm.files import write_text
+from langchain_fslm.files import sha256_file, write_text
 from langchain_fslm.manifest import MANIFEST_FILE, load_manifest
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "stacks" / "default"
@@ -70,7 +69,7 @@ def verify_card(folder: Path) -> dict[str, Any]:
             raise ManifestError(f"{folder / name}: on the card but missing (reinstall the package)")
         if name not in hashes:
             raise ManifestError(f"{folder / name}: an adapter file the card does not list")
-        if _sha256(on_disk[name]) != hashes[name]:
+        if sha256_file(on_disk[name]) != hashes[name]:
             raise ManifestError(f"{folder / name}: SHA-256 differs from {card_path} (damaged install?)")
     return card
 
@@ -113,7 +112,7 @@ def ship_stack(src: str | Path, card: Mapping[str, Any], dest: Path | None = Non
         tensors = {k: v.half() for k, v in weights.items()}
         save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     full = {**card, "license": ALPACA_LICENSE}
-    full["sha256"] = {name: _sha256(path) for name, path in sorted(_adapter_files(tmp).items())}
+    full["sha256"] = {name: sha256_file(path) for name, path in sorted(_adapter_files(tmp).items())}
     write_text(tmp / CARD_FILE, json.dumps(full, indent=2) + "\n")
     write_text(tmp / "README.md", _card_markdown(full, [s.name for s in manifest.stages]))
     shutil.rmtree(dest, ignore_errors=True)
@@ -126,10 +125,6 @@ def _adapter_files(folder: Path) -> dict[str, Path]:
     if not adapters.is_dir():
         return {}
     return {p.relative_to(folder).as_posix(): p for p in sorted(adapters.rglob("*")) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _card_markdown(card: Mapping[str, Any], stages: list[str]) -> str:

@@ -8,7 +8,6 @@ file, and converted by one process at a time under an OS file lock.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from langchain_fslm.files import write_text
+from langchain_fslm.files import sha256_file, write_text
 from langchain_fslm.models.refs import (
     BaseModelRef,
     ModelNotFoundError,
@@ -29,15 +28,6 @@ from langchain_fslm.models.refs import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB blocks (GGUF files are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _file_hash(path: Path) -> str:
@@ -55,7 +45,7 @@ def _file_hash(path: Path) -> str:
         known = {}
     if isinstance(known, dict) and isinstance(known.get(key), str):
         return str(known[key])
-    digest = _sha256(path)
+    digest = sha256_file(path)
     try:
         write_text(memo, json.dumps({**(known if isinstance(known, dict) else {}), key: digest}))
     except OSError as err:  # a read-only cache only costs speed

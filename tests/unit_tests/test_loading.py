@@ -127,7 +127,7 @@ def test_file_hash_memo_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path, monke
     first = gguf_cache._file_hash(f)
     f.write_bytes(b"B" * 100)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r / cp -p / rsync -t
-    assert gguf_cache._file_hash(f) == gguf_cache._sha256(f) != first
+    assert gguf_cache._file_hash(f) == gguf_cache.sha256_file(f) != first
 
 
 # ----------------------------------------------------------------------------- references and errors

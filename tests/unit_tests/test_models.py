@@ -11,12 +11,12 @@ def test_file_hash_is_remembered_and_invalidated_by_changes(tmp_path, monkeypatc
     f = tmp_path / "m.gguf"
     f.write_bytes(b"abc")
     first = gguf_cache._file_hash(f)
-    assert first == gguf_cache._sha256(f)
+    assert first == gguf_cache.sha256_file(f)
     memo = json.loads((tmp_path / "cache" / "gguf" / "hashes.json").read_text())
     assert list(memo.values()) == [first]
     calls = []
     # patched where _file_hash looks it up (the GGUF cache module), so the patch takes effect
-    monkeypatch.setattr(gguf_cache, "_sha256", lambda p: calls.append(p) or "x")
+    monkeypatch.setattr(gguf_cache, "sha256_file", lambda p: calls.append(p) or "x")
     assert gguf_cache._file_hash(f) == first and calls == []  # remembered: the file is not re-read
     f.write_bytes(b"abcd")  # size changes -> hashed again
     assert gguf_cache._file_hash(f) == "x" and calls == [f]
