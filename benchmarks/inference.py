@@ -43,9 +43,9 @@ PROMPTS = [
 
 
 def specs(tokens: int) -> list[Any]:
-    from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.roles import four_stage_specs
 
-    out = default_stage_specs(max_new_tokens=tokens)
+    out = four_stage_specs(max_new_tokens=tokens)
     for spec in out:
         spec.adapter = spec.name
         spec.parse_retries = 0  # retries sample; keep every run greedy and comparable

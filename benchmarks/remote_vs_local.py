@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, report  # noqa: E402
 from langchain_fslm import FSLMChain  # noqa: E402
-from langchain_fslm.roles import default_stage_specs  # noqa: E402
+from langchain_fslm.roles import four_stage_specs  # noqa: E402
 
 PROMPTS = ["Why is the sky blue?", "How do I boil an egg?", "What does a CPU do?"]
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()
-    specs = default_stage_specs(args.max_new_tokens)
+    specs = four_stage_specs(args.max_new_tokens)
     results: dict = {
         "machine": machine(),
         "url": args.url,

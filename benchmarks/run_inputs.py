@@ -25,7 +25,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "run_inputs.json"
 def commit() -> str:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
+    # uncommitted tracked changes: the run's code is not the commit's, and the record must say so
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root, check=False).returncode != 0
+    return (out.stdout.strip() or "unknown") + ("+uncommitted" if dirty else "")
 
 
 def main() -> None:
@@ -39,6 +41,9 @@ def main() -> None:
 
     from langchain_fslm.files import sha256_file
     from langchain_fslm.models.refs import embedded_default_gguf
+    from langchain_fslm.roles import default_stage_specs
+
+    stages = [s.name for s in default_stage_specs()]
 
     gguf = embedded_default_gguf()
     settings = {
@@ -46,8 +51,9 @@ def main() -> None:
         "mode": args.mode,
         "derive": ["key_points"] if args.mode == "hindsight" else [],
         "limit": args.limit,
+        "stages": stages,
         "steps_per_stage": args.steps,
-        "single_lora_steps": 4 * args.steps,
+        "single_lora_steps": len(stages) * args.steps,
         "eval_n": args.eval_n,
         "max_new_tokens": args.max_new,
         "heldout": 200,

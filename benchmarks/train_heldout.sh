@@ -9,7 +9,7 @@
 # RUNS_DIR: where the handoffs, the two stacks and the held-out scores go; default $FSLM_RUNS, else runs/
 # (relative to the working directory). Run from the repository root, with ../shared beside the checkout.
 # Every step resumes: rerun the same line after a stop and finished work is kept.
-# The single LoRA gets the same records and the stack's total steps (4 x STEPS), stated in results.md.
+# The single LoRA gets the same records and the stack's total steps (stages x STEPS), stated in results.md.
 set -euo pipefail
 RUNS=${1:-${FSLM_RUNS:-runs}}
 DATA=${DATA:-../shared/data/alpaca/alpaca_5000.json}
@@ -27,8 +27,9 @@ $FSLM train --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instr
   --out "$RUNS/fslm-stack" --max-steps "$STEPS" --batch-size 4 --save-steps 10
 SYSTEMS=${SYSTEMS:-base single-lora fslm-stack}  # which systems to score (a run may reuse another's)
 if [[ " $SYSTEMS " == *" single-lora "* ]]; then
+  stages=$(python -c "from langchain_fslm.roles import default_stage_specs as d; print(len(d()))")
   $FSLM train --single --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instruct \
-    --out "$RUNS/single-lora" --max-steps $((4 * STEPS)) --batch-size 4 --save-steps 40
+    --out "$RUNS/single-lora" --max-steps $((stages * STEPS)) --batch-size 4 --save-steps 40
 fi
 for sys in $SYSTEMS; do
   [ -f "$RUNS/heldout-$sys.json" ] && continue  # scored already (resume)

@@ -100,7 +100,7 @@ def heldout(n: int, modes: list[str], kept: dict[str, Any] | None = None) -> dic
     """
     from langchain_fslm import FSLMChain
     from langchain_fslm.models import shared_dir
-    from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.roles import four_stage_specs
     from langchain_fslm.training.data import load_alpaca, request_text, split_heldout
 
     rows = load_alpaca(shared_dir() / "data" / "alpaca" / "alpaca_5000.json")
@@ -112,7 +112,7 @@ def heldout(n: int, modes: list[str], kept: dict[str, Any] | None = None) -> dic
             if kept and label in kept:
                 out[label] = {**kept[label], "kept_from": kept[label].get("kept_from", kept.get("date"))}
             continue
-        specs = [s.model_copy(update={"constrained": constrained}) for s in default_stage_specs()[:2]]
+        specs = [s.model_copy(update={"constrained": constrained}) for s in four_stage_specs()[:2]]
         specs[1] = specs[1].model_copy(update={"prompt": specs[1].prompt})
         stack = FSLMChain.from_specs(specs).with_handoffs()
         start = time.perf_counter()

@@ -1,6 +1,9 @@
-"""The default four roles of a stack, after the paper's four small models (see docs/stack.md).
+"""The default roles of a stack (see docs/stack.md for the evidence behind them).
 
-intent -> key_points -> draft -> answer. Each later prompt may use any earlier field and ``{input}``.
+The default is two stages, ``intent -> answer``: one sentence saying what the request asks for, then the
+answer to the request with that sentence as a note. :func:`four_stage_specs` keeps the paper-shaped layout
+(``intent -> key_points -> draft -> answer``), which measured worse than the bare base model zero-shot.
+Each later prompt may use any earlier field and ``{input}``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ INTENT_PROMPT = (
     "Read the request and say in one sentence what it asks for and what kind of answer it needs. "
     "Do not answer it.\n\nRequest: {input}"
 )
+# the request comes last and alone, as the base model sees it without a stack: the answer stage answers
+# the request (its habit) with the intent as a note; longer notes (key points, a draft to rewrite) were
+# followed into worse answers zero-shot (docs/stack.md)
+ANSWER_PROMPT = "({intent})\n\n{input}"
+
 KEY_POINTS_PROMPT = (
     "Request: {input}\n"
     "What is asked: {intent}\n\n"
@@ -22,7 +30,7 @@ DRAFT_PROMPT = (
     "Key points:\n{key_points}\n\n"
     "Write an answer to the request that covers the key points."
 )
-ANSWER_PROMPT = (
+REWRITE_PROMPT = (
     "Request: {input}\n"
     "Draft answer: {draft}\n\n"
     "Rewrite the draft as the final answer to the request: correct, clear and to the point. "
@@ -30,8 +38,26 @@ ANSWER_PROMPT = (
 )
 
 
+def _gen(tokens: int, override: int | None, stop: list[str] | None = None) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=override or tokens, repetition_penalty=1.1, stop=stop or [])
+
+
+def _intent(override: int | None) -> StageSpec:
+    # a constrained upstream stage fails only when the budget cuts its text: a retry would cost a
+    # generation and rarely fit better, so the unfinished handoff is handed on raw and flagged and the
+    # answer still comes (the answer stage is free text)
+    return StageSpec(
+        name="intent",
+        prompt=INTENT_PROMPT,
+        output_type="intent",
+        generation=_gen(44, override, ["\n"]),
+        parse_retries=0,
+        on_parse_error="pass_raw",
+    )
+
+
 def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
-    """The four default stages (no adapters: zero-shot until trained).
+    """The default stages, ``intent -> answer`` (no adapters: zero-shot until trained).
 
     Args:
         max_new_tokens: Override every stage's generation budget (e.g. small for tests).
@@ -39,32 +65,53 @@ def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
     Returns:
         Stage specs in order.
     """
-
-    def gen(tokens: int, stop: list[str] | None = None) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens or tokens, repetition_penalty=1.1, stop=stop or []
-        )
-
     return [
-        # constrained upstream stages fail only when the budget cuts their text: a retry would cost a
-        # generation and rarely fits better, so the unfinished handoff is handed on raw and flagged and the
-        # answer still comes (the answer stage is free text)
+        _intent(max_new_tokens),
         StageSpec(
-            name="intent",
-            prompt=INTENT_PROMPT,
-            output_type="intent",
-            generation=gen(44, ["\n"]),
-            parse_retries=0,
-            on_parse_error="pass_raw",
+            name="answer", prompt=ANSWER_PROMPT, output_type="answer", generation=_gen(128, max_new_tokens)
         ),
+    ]
+
+
+def four_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
+    """The paper-shaped four stages, ``intent -> key_points -> draft -> answer`` (the default before 2026-12).
+
+    Kept for comparison and for stacks that want a written draft: on the held-out set its zero-shot
+    answers scored below the bare base model (docs/results.md).
+
+    Args:
+        max_new_tokens: Override every stage's generation budget.
+
+    Returns:
+        Stage specs in order.
+    """
+    return [
+        _intent(max_new_tokens),
         StageSpec(
             name="key_points",
             prompt=KEY_POINTS_PROMPT,
             output_type="key_points",
-            generation=gen(144, ["\n\n"]),
+            generation=_gen(144, max_new_tokens, ["\n\n"]),
             parse_retries=0,
             on_parse_error="pass_raw",
         ),
-        StageSpec(name="draft", prompt=DRAFT_PROMPT, output_type="draft", generation=gen(128)),
-        StageSpec(name="answer", prompt=ANSWER_PROMPT, output_type="answer", generation=gen(128)),
+        StageSpec(
+            name="draft", prompt=DRAFT_PROMPT, output_type="draft", generation=_gen(128, max_new_tokens)
+        ),
+        StageSpec(
+            name="answer", prompt=REWRITE_PROMPT, output_type="answer", generation=_gen(128, max_new_tokens)
+        ),
     ]
+
+
+def specs_for(names: set[str] | list[str], max_new_tokens: int | None = None) -> list[StageSpec]:
+    """The built-in layout that has every stage in ``names`` (the default first, then the four stages).
+
+    Records distilled with either layout train without naming it; a set neither covers gets the default
+    (and the caller's check names the stages it lacks).
+    """
+    for layout in (default_stage_specs, four_stage_specs):
+        specs = layout(max_new_tokens)
+        if set(names) <= {s.name for s in specs}:
+            return specs
+    return default_stage_specs(max_new_tokens)

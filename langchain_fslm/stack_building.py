@@ -96,7 +96,7 @@ class StackBuilding:
         compile_decode: bool = False,
         engine: Engine | EngineChoice | None = None,
     ) -> FSLMChain:
-        """The default four-stage stack (intent → key points → draft → answer).
+        """The default stack (intent → answer; see docs/stack.md).
 
         Args:
             base_model: Base model (default: the embedded SmolLM2-135M-Instruct).

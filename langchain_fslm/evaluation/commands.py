@@ -96,7 +96,7 @@ def eval_markdown(results: dict[str, Any]) -> str:
 
 def eval_command(
     stack: Annotated[
-        Optional[str], typer.Option(help="Stack folder (default: the built-in four-stage stack, zero-shot).")
+        Optional[str], typer.Option(help="Stack folder (default: the built-in default stack, zero-shot).")
     ] = None,
     base: Annotated[
         Optional[str],

@@ -86,7 +86,7 @@ class FSLMLM(LM):  # type: ignore[misc]
 
     Args:
         stack: A stack folder, or an :class:`~langchain_fslm.chain.FSLMChain` object. Default: the
-            zero-shot four-stage stack on ``base``.
+            zero-shot default stack on ``base``.
         base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct); with a
             stack folder, where its base model is on this machine (default: its manifest's).
         scoring: ``stack`` or ``last_stage`` (see the module docs).

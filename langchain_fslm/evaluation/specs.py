@@ -2,7 +2,7 @@
 
 Specs:
 
-* ``default``: the built-in four-stage stack, zero-shot, on the embedded default base model;
+* ``default``: the built-in default stack, zero-shot, on the embedded default base model;
 * ``stack:DIR`` or a stack folder path: a saved FSLM stack (:meth:`FSLMChain.from_pretrained`);
 * ``base`` or ``hf:SOURCE``: the bare base model (``base`` = the embedded SmolLM2-135M-Instruct, or any
   source :func:`~langchain_fslm.models.load_base_model` takes) as a langchain-huggingface

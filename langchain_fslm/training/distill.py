@@ -116,7 +116,7 @@ def distill(
         rows: Alpaca rows (``instruction``, ``input``, ``output``).
         teacher: A :class:`Teacher`, a LangChain chat model/LLM, or a teacher spec string.
         out: JSON-lines output (appended; finished rows are skipped).
-        stages: Stage specs (default: the four default roles).
+        stages: Stage specs (default: :func:`~langchain_fslm.roles.default_stage_specs`).
         batch_size: Rows per teacher call.
         final_target: ``reference`` (default): the last stage's target is the row's ``output``;
             ``teacher``: the teacher writes it too.

@@ -250,18 +250,18 @@ def train_stack(
 
     Args:
         config: Run settings (handoffs file, base model, output folder, LoRA and Trainer settings).
-        stages: Stage specs written into the stack (default: the four default roles); only stages
-            present in the records (and in ``config.stages``, if set) are trained.
+        stages: Stage specs written into the stack (default: the built-in layout of the records'
+            stages); only stages present in the records (and in ``config.stages``, if set) are trained.
         progress: Show the Trainer's progress bars.
 
     Returns:
         The stack folder, per-stage losses and wall times.
     """
-    from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.roles import specs_for
 
     records = _records(config)
-    specs = list(stages or default_stage_specs(config.max_new_tokens))
     present = set(records[0]["stages"])
+    specs = list(stages or specs_for(present, config.max_new_tokens))
     wanted = set(config.stages) if config.stages else present
     unknown = wanted - {s.name for s in specs}
     if unknown:

@@ -25,8 +25,8 @@ def test_prompt_stack_parser_chain_answers(stack, tmp_path):
     answer = chain.invoke({"question": "Why is the sky blue?"}, config={"callbacks": [HandoffLogger(log)]})
     assert answer.strip()
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["from_stage"] for r in records] == ["intent", "key_points", "draft", "answer"]
-    assert [r["to_stage"] for r in records] == ["key_points", "draft", "answer", "output"]
+    assert [r["from_stage"] for r in records] == ["intent", "answer"]
+    assert [r["to_stage"] for r in records] == ["answer", "output"]
     for r in records:
         assert r["text"].strip() and r["completion_tokens"] > 0 and r["latency_s"] > 0
     assert records[-1]["text"] == answer

@@ -12,12 +12,12 @@ from pydantic import BaseModel
 
 from langchain_fslm import ChatFSLM, FSLMChain, KeyPoints, StageOutputError, StageSpec
 from langchain_fslm.engine.base import Generation
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 
 @pytest.fixture(scope="module")
 def tiny_stack(tiny_engine) -> FSLMChain:
-    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=6), engine=tiny_engine)
+    return FSLMChain.from_specs(four_stage_specs(max_new_tokens=6), engine=tiny_engine)
 
 
 class TestChatFSLMUnit(ChatModelUnitTests):

@@ -24,10 +24,7 @@ def test_run_shows_handoffs_and_info_reads_the_stack(tiny_model_dir, tiny_engine
     )
     assert result.exit_code == 0, result.output
     err = result.stderr
-    order = [
-        err.index(f"── {a} → {b}")
-        for a, b in [("intent", "key_points"), ("key_points", "draft"), ("draft", "answer")]
-    ]
+    order = [err.index(f"── {a} → {b}") for a, b in [("intent", "answer")]]
     assert order == sorted(order) and err.index("── answer") > order[-1]  # handoffs live, then the answer
     assert "answer → output" not in err  # the answer is printed once, on stdout
     expected = FSLMChain.default(str(tiny_model_dir), max_new_tokens=4).invoke("Why is the sky blue?")
@@ -76,9 +73,9 @@ def test_run_with_compile_decode_takes_the_compiled_path(tiny_model_dir, tiny_en
         torch._dynamo.reset()
     assert result.exit_code == 0, result.output
     assert isinstance(tiny_engine.compiled, Traced)
-    # the three upstream stages decode on the compiled path; the streamed answer eagerly (the local
-    # engine's stream() has no compiled path)
-    assert len(calls) == 3
+    # the upstream stage (intent) decodes on the compiled path; the streamed answer eagerly (the
+    # local engine's stream() has no compiled path)
+    assert len(calls) == 1
     assert result.output == plain.output  # the same greedy answer
 
 

@@ -11,7 +11,7 @@ from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, trim_messages
 
 from langchain_fslm import ChatFSLM, FSLMChain, SLMRunnable
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 PACKAGE = Path(__file__).resolve().parents[2] / "langchain_fslm"
 RUNNABLE_METHODS = {"invoke", "ainvoke", "batch", "abatch", "stream", "astream", "transform", "atransform"}
@@ -27,7 +27,7 @@ PRIVATE_HELPERS = (
 
 @pytest.fixture()
 def stack(tiny_engine) -> FSLMChain:
-    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
+    return FSLMChain.from_specs(four_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
 
 
 def test_usage_callback_counts_every_stage(stack, tiny_engine):

@@ -49,9 +49,9 @@ def _requests(tasks: dict[str, int]):
 def test_fslm_scores_equal_the_plain_path(tiny_engine, tiny_adapters, scoring):
     from langchain_fslm import FSLMChain
     from langchain_fslm.evaluation import FSLMLM
-    from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.roles import four_stage_specs
 
-    specs = default_stage_specs(4)
+    specs = four_stage_specs(4)
     for spec, name in zip(specs, "abcd", strict=True):
         spec.adapter = str(tiny_adapters[name])
     chain = FSLMChain.from_specs(specs, engine=tiny_engine).with_generation(max_new_tokens=4)

@@ -15,7 +15,7 @@ from langchain_fslm.evaluation import FSLMLM, LangChainLM, evaluate, load_task, 
 from langchain_fslm.evaluation.compare import UsageCounter, parse_choice, percentile
 from langchain_fslm.evaluation.specs import ModelSpecError, resolve_spec
 from langchain_fslm.evaluation.tasks import TASKS, TaskError, extract_number
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def ll_request(context: str, continuation: str, idx: int = 0) -> Instance:
 @pytest.fixture(scope="module")
 def tiny_stack_dir(tiny_engine, tiny_adapters, tmp_path_factory):
     """A saved four-stage tiny stack whose stages carry LoRA adapters a, b, c, d."""
-    specs = default_stage_specs(4)
+    specs = four_stage_specs(4)
     for spec, name in zip(specs, "abcd", strict=True):
         spec.adapter = str(tiny_adapters[name])
     chain = FSLMChain.from_specs(specs, engine=tiny_engine)
@@ -122,7 +122,7 @@ def test_fslm_loglikelihood_equals_direct_computation(tiny_model_dir, tiny_adapt
 
 
 def test_fslm_greedy_flag_is_true_for_the_argmax_continuation(tiny_engine):
-    chain = FSLMChain.from_specs(default_stage_specs(3), engine=tiny_engine)
+    chain = FSLMChain.from_specs(four_stage_specs(3), engine=tiny_engine)
     lm = FSLMLM(stack=chain, scoring="last_stage")
     context = "Once upon a time"
     encoded = tiny_engine.tokenizer(context, return_tensors="pt")
@@ -164,7 +164,7 @@ def test_fslm_generate_until_runs_the_stack_and_rolling_scores(tiny_stack_dir):
 
 
 def test_fslm_rejects_a_bad_scoring_mode(tiny_engine):
-    chain = FSLMChain.from_specs(default_stage_specs(3), engine=tiny_engine)
+    chain = FSLMChain.from_specs(four_stage_specs(3), engine=tiny_engine)
     with pytest.raises(Exception, match="scoring must be one of"):
         FSLMLM(stack=chain, scoring="middle")
 
@@ -455,7 +455,7 @@ def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
 
     items = {task: load_task(task, limit=2) for task in ("arc_easy", "gsm8k")}
     engine = UpstreamFailsEngine(tiny_engine, (items["arc_easy"][0].question, items["gsm8k"][1].question))
-    specs = [s for s in default_stage_specs(4) if s.name in ("intent", "answer")]
+    specs = [s for s in four_stage_specs(4) if s.name in ("intent", "answer")]
     specs[0].on_parse_error = "raise"  # the default hands an unparsed intent on; this stack must not
     specs[1].prompt = "Request: {input}\nWhat is asked: {intent}\n\nAnswer."
     lm = FSLMLM(stack=FSLMChain.from_specs(specs, engine=engine), scoring="stack", max_gen_toks=4)
@@ -474,7 +474,7 @@ def test_an_upstream_stage_that_does_not_parse_is_scored_not_fatal(tiny_engine):
 
 def test_an_upstream_prompt_too_long_is_scored_not_fatal(tiny_engine):
     items = load_task("arc_easy", limit=2)
-    specs = [s for s in default_stage_specs(4) if s.name in ("intent", "answer")]
+    specs = [s for s in four_stage_specs(4) if s.name in ("intent", "answer")]
     specs[1].prompt = "Request: {input}\nWhat is asked: {intent}\n\nAnswer."
     intent = SLMRunnable.from_spec(specs[0], tiny_engine)
     lengths = [

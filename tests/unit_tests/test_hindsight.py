@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from langchain_fslm import InvalidInputError
 from langchain_fslm.cli import app
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import default_stage_specs, four_stage_specs
 from langchain_fslm.training.distill import distill, read_records
 from langchain_fslm.training.hindsight import derive, teacher_prompt
 
@@ -41,7 +41,7 @@ class RecordingTeacher:
 def test_the_teacher_sees_the_reference_and_the_recorded_prompt_does_not(tmp_path):
     teacher = RecordingTeacher()
     out = tmp_path / "h.jsonl"
-    stats = distill(ROWS, teacher, out, mode="hindsight", progress=False)
+    stats = distill(ROWS, teacher, out, mode="hindsight", progress=False, stages=four_stage_specs())
     assert stats.written == 4
     for stage in ("intent", "key_points", "draft"):
         assert all(row["output"] in p for row, p in zip(ROWS, teacher.prompts[stage], strict=True))
@@ -134,3 +134,16 @@ def test_cli_hindsight_flags(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert {r["mode"] for r in read_records(tmp_path / "h.jsonl")} == {"hindsight"}
+
+
+def test_the_default_layout_in_hindsight_mode_writes_intents_seeing_the_reference(tmp_path):
+    teacher = RecordingTeacher()
+    distill(ROWS, teacher, tmp_path / "h.jsonl", mode="hindsight", progress=False)
+    records = read_records(tmp_path / "h.jsonl")
+    assert [list(r["stages"]) for r in records] == [["intent", "answer"]] * 4
+    assert list(teacher.prompts) == ["intent"]  # the answer stage learns the reference: no teacher call
+    assert all(row["output"] in p for row, p in zip(ROWS, teacher.prompts["intent"], strict=True))
+    record = records[0]
+    assert record["stages"]["intent"]["target"] in record["stages"]["answer"]["prompt"]
+    assert record["stages"]["answer"]["prompt"].endswith(ROWS[0]["instruction"])  # the request comes last
+    assert ROWS[0]["output"] not in record["stages"]["answer"]["prompt"]

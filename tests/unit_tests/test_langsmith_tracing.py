@@ -12,7 +12,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_fslm import FSLMChain
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 STAGES = ["intent", "key_points", "draft", "answer"]
 
@@ -72,7 +72,7 @@ def langsmith_stub(monkeypatch):
 def test_trace_has_chain_run_stage_runs_and_handoffs(langsmith_stub, tiny_engine):
     from langchain_core.tracers.langchain import get_client, wait_for_all_tracers
 
-    stack = FSLMChain.from_specs(default_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
+    stack = FSLMChain.from_specs(four_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
     chain = ChatPromptTemplate.from_template("Answer briefly: {q}") | stack | StrOutputParser()
     answer = chain.invoke({"q": "Why is the sky blue?"})
     wait_for_all_tracers()
@@ -122,7 +122,7 @@ def test_streamed_chat_reply_is_one_trace_with_the_stage_runs(langsmith_stub, ti
 
     from langchain_fslm import ChatFSLM
 
-    stack = FSLMChain.from_specs(default_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
+    stack = FSLMChain.from_specs(four_stage_specs(max_new_tokens=4), engine=tiny_engine, name="tiny-stack")
     text = "".join(str(chunk.content) for chunk in ChatFSLM(stack=stack).stream("Why is the sky blue?"))
     wait_for_all_tracers()
     get_client().flush()

@@ -23,7 +23,7 @@ from langchain_fslm import (
     StageOutputError,
     StageSpec,
 )
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 PROMPTS = [
     f"Question {i}: name {w}." for i, w in enumerate("a fruit|a colour|a city|a tool|a song".split("|") * 5)
@@ -34,7 +34,7 @@ assert len(PROMPTS) == 25
 @pytest.fixture(scope="module")
 def adapted_stack(tiny_engine, tiny_adapters) -> FSLMChain:
     """Four stages on one base, each with its own adapter."""
-    specs = default_stage_specs(max_new_tokens=5)
+    specs = four_stage_specs(max_new_tokens=5)
     for spec, name in zip(specs, "abcd", strict=True):
         spec.adapter = name
     return FSLMChain.from_specs(specs, engine=tiny_engine, adapter_root=tiny_adapters["a"].parent)

@@ -10,12 +10,12 @@ from typing_extensions import TypedDict
 
 from langchain_fslm import ChatFSLM, FSLMChain, StageOutputError, StageSpec
 from langchain_fslm.engine.base import Generation
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 
 @pytest.fixture()
 def stack(tiny_engine) -> FSLMChain:
-    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=6), engine=tiny_engine)
+    return FSLMChain.from_specs(four_stage_specs(max_new_tokens=6), engine=tiny_engine)
 
 
 async def test_astream_closed_early_releases_the_engine(stack):
@@ -93,7 +93,7 @@ def test_structured_typeddict_and_json_schema_are_checked(schema):
 def test_engine_call_between_stream_chunks_does_not_corrupt_the_stream(tiny_engine, tiny_adapters):
     specs = [
         spec.model_copy(update={"adapter": str(tiny_adapters[name])})
-        for spec, name in zip(default_stage_specs(max_new_tokens=16), "abcd", strict=True)
+        for spec, name in zip(four_stage_specs(max_new_tokens=16), "abcd", strict=True)
     ]
     stack = FSLMChain.from_specs(specs, engine=tiny_engine)
     reference, other = stack.invoke("Why is the sky blue?"), stack.invoke("Tell me about cats.")

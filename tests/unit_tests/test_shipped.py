@@ -97,7 +97,7 @@ def test_default_loads_the_shipped_adapters_and_trained_false_does_not(shipped, 
     assert all(s.adapter for s in trained.stages)
     assert trained.invoke("Hi") is not None  # the fp16 adapters load and generate on the tiny base
     zero = FSLMChain.default(str(tiny_model_dir), trained=False, max_new_tokens=3)
-    assert [s.name for s in zero.stages] == ["intent", "key_points", "draft", "answer"]
+    assert [s.name for s in zero.stages] == ["intent", "answer"]
     assert not any(s.adapter for s in zero.stages)
 
 

@@ -22,7 +22,7 @@ from langchain_fslm import (
     StageOutputError,
     StageSpec,
 )
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 HANDOFF_FIELDS = {
     "from_stage",
@@ -37,7 +37,7 @@ HANDOFF_FIELDS = {
 
 
 def tiny_specs(n_tokens: int = 6) -> list[StageSpec]:
-    return default_stage_specs(max_new_tokens=n_tokens)
+    return four_stage_specs(max_new_tokens=n_tokens)  # the longest built-in layout: every handoff kind
 
 
 @pytest.fixture()

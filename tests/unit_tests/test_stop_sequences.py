@@ -9,14 +9,14 @@ import pytest
 
 from langchain_fslm import ChatFSLM, FSLMChain, GenerationConfig, SLMRunnable
 from langchain_fslm.errors import InvalidInputError, ManifestError
-from langchain_fslm.roles import default_stage_specs
+from langchain_fslm.roles import four_stage_specs
 
 BAD = [[""], ["ok", ""], 5, [1], [None], "", ["x"] * 17]
 
 
 @pytest.fixture()
 def stack(tiny_engine) -> FSLMChain:
-    return FSLMChain.from_specs(default_stage_specs(max_new_tokens=3), engine=tiny_engine)
+    return FSLMChain.from_specs(four_stage_specs(max_new_tokens=3), engine=tiny_engine)
 
 
 @pytest.mark.parametrize("stop", BAD)

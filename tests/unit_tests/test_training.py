@@ -11,11 +11,13 @@ from typer.testing import CliRunner
 
 from langchain_fslm.cli import app
 from langchain_fslm.errors import InvalidInputError
+from langchain_fslm.roles import four_stage_specs
 from langchain_fslm.training import DistillConfig, TrainConfig, distill, load_config, split_heldout
 from langchain_fslm.training.config import ConfigError
 from langchain_fslm.training.data import load_alpaca, record_id
 from langchain_fslm.training.distill import dropped_path, read_records
 
+FOUR = four_stage_specs()  # the longest built-in layout: every kind of handoff
 ROWS = [
     {
         "instruction": f"Name {n} fruits.",
@@ -52,7 +54,7 @@ class CountingTeacher:
 def test_distill_drops_unparseable_records_and_resumes_without_redoing(tmp_path):
     out = tmp_path / "h.jsonl"
     teacher = CountingTeacher()
-    stats = distill(ROWS[:4], teacher, out, batch_size=3, progress=False)
+    stats = distill(ROWS[:4], teacher, out, batch_size=3, progress=False, stages=FOUR)
     assert stats.written == 3 and stats.dropped["intent"] == 1 and stats.skipped == 0
     dropped = [json.loads(x) for x in dropped_path(out).read_text().splitlines()]
     assert dropped[0]["stage"] == "intent" and dropped[0]["id"] == record_id(ROWS[1])
@@ -68,7 +70,9 @@ def test_distill_drops_unparseable_records_and_resumes_without_redoing(tmp_path)
     with out.open("a") as f:
         f.write('{"id": "torn')
     teacher2 = CountingTeacher()
-    stats = distill(ROWS[:6], teacher2, out, batch_size=3, progress=False, final_target="teacher")
+    stats = distill(
+        ROWS[:6], teacher2, out, batch_size=3, progress=False, final_target="teacher", stages=FOUR
+    )
     assert stats.skipped == 4 and stats.written == 2
     assert teacher2.calls[0] == ("intent", 2)
     ids = [r["id"] for r in read_records(out)]
@@ -80,7 +84,7 @@ def test_distill_with_a_langchain_chat_model_and_a_local_model(tmp_path, tiny_mo
     from langchain_core.language_models import FakeListChatModel
 
     chat = FakeListChatModel(responses=["It asks for fruit.\nextra", "- apple\n- pear", "Apples."])
-    stats = distill(ROWS[:1], chat, tmp_path / "a.jsonl", progress=False)
+    stats = distill(ROWS[:1], chat, tmp_path / "a.jsonl", progress=False, stages=FOUR)
     rec = read_records(tmp_path / "a.jsonl")[0]
     assert stats.written == 1 and rec["stages"]["intent"]["target"] == "It asks for fruit."  # stop "\n"
 
@@ -176,6 +180,7 @@ def _records_file(tmp_path: Path, teacher: CountingTeacher | None = None) -> Pat
         teacher or CountingTeacher(),
         out,
         progress=False,
+        stages=FOUR,
     )
     return out
 
