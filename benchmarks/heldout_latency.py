@@ -2,7 +2,8 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/heldout_latency.py [--n 10] [--stack NAME=FOLDER ...]
 
-The base model, the zero-shot default stack and every ``--stack`` (trained folders, e.g.
+The base model, the zero-shot default stack, the zero-shot four-stage layout (the default until 2026-12)
+and every ``--stack`` (trained folders, e.g.
 ``single-lora=runs/hindsight/single-lora``) answer the first N held-out Alpaca requests (seed 0) with
 ``invoke``, one after another, on the default engine (llama.cpp on the embedded GGUF), greedy, the
 shipped budgets. Per system: mean seconds per request, and prompt and generated tokens per request summed
@@ -55,12 +56,17 @@ def main() -> None:
 
     from langchain_fslm import FSLMChain
     from langchain_fslm.models import shared_dir
+    from langchain_fslm.roles import four_stage_specs
     from langchain_fslm.training.data import load_alpaca, request_text, split_heldout
     from langchain_fslm.training.heldout import base_chain
 
     rows = split_heldout(load_alpaca(shared_dir() / "data" / "alpaca" / "alpaca_5000.json"), 200, 0)[1]
     requests = [request_text(r) for r in rows[: args.n + 1]]
-    systems: dict[str, Any] = {"base": base_chain, "zero-shot": lambda: FSLMChain.default(trained=False)}
+    systems: dict[str, Any] = {
+        "base": base_chain,
+        "zero-shot": lambda: FSLMChain.default(trained=False),
+        "zero-shot-four-stage": lambda: FSLMChain.from_specs(four_stage_specs()),  # the old default
+    }
     for item in args.stack:
         name, _, folder = item.partition("=")
         systems[name] = lambda folder=folder: FSLMChain.from_pretrained(folder)
