@@ -33,7 +33,7 @@ fi
 
 for sys in $SYSTEMS; do
   case $sys in
-    base-raw)              args=(--scoring last_stage) ;;                         # lm-eval style, raw text
+    base-raw)              args=(--base embedded:smollm2-135m-instruct --scoring last_stage) ;;  # lm-eval style, raw text; a --base: zero-shot, no shipped adapter
     base-chat)             args=(--stack "$base_chat" --scoring stack) ;;         # chat template, no adapter
     single-lora-chat)      args=(--stack "$RUNS/single-lora" --scoring stack) ;;  # as trained: chat template
     single-lora-raw)       args=(--stack "$RUNS/single-lora" --scoring last_stage) ;;

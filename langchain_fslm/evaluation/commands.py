@@ -96,7 +96,7 @@ def eval_markdown(results: dict[str, Any]) -> str:
 
 def eval_command(
     stack: Annotated[
-        Optional[str], typer.Option(help="Stack folder (default: the built-in default stack, zero-shot).")
+        Optional[str], typer.Option(help="Stack folder (default: FSLMChain.default(), the shipped stack).")
     ] = None,
     base: Annotated[
         Optional[str],
@@ -157,7 +157,9 @@ def eval_command(
         results = evaluate(lm, names, limit=limit, full=full, seed=seed)
     except (FSLMError, ModelNotFoundError) as err:
         raise fail(str(err)) from None
-    label = f"{Path(stack).name if stack else 'fslm-default (zero-shot)'} [{scoring}]"
+    trained = any(s.adapter for s in lm.chain.stages)  # default(): the shipped stack, or zero-shot on --base
+    default = "fslm-default" if trained else "fslm-default (zero-shot)"
+    label = f"{Path(stack).name if stack else default} [{scoring}]"
     results = {
         "kind": "fslm-eval",
         "model": {"label": label, "stack": stack, "base": base, "scoring": scoring},

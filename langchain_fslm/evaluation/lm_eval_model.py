@@ -56,7 +56,7 @@ SCORINGS: tuple[str, ...] = ("stack", "last_stage")
 
 
 def load_stack(stack: str | None = None, base: str | None = None) -> FSLMChain:
-    """A stack from a folder (on ``base`` if given), else the default zero-shot stack on ``base``."""
+    """A stack from a folder (on ``base`` if given), else ``FSLMChain.default(base)`` (the shipped stack)."""
     from langchain_fslm.chain import FSLMChain
 
     # scoring needs the torch engine (log-likelihoods), whatever the default engine is
@@ -86,7 +86,7 @@ class FSLMLM(LM):  # type: ignore[misc]
 
     Args:
         stack: A stack folder, or an :class:`~langchain_fslm.chain.FSLMChain` object. Default: the
-            zero-shot default stack on ``base``.
+            default stack (:meth:`FSLMChain.default`: the shipped trained one, zero-shot on another ``base``).
         base: Base model of the default stack (default: the embedded SmolLM2-135M-Instruct); with a
             stack folder, where its base model is on this machine (default: its manifest's).
         scoring: ``stack`` or ``last_stage`` (see the module docs).

@@ -2,7 +2,7 @@
 
 Specs:
 
-* ``default``: the built-in default stack, zero-shot, on the embedded default base model;
+* ``default``: the default stack (:meth:`FSLMChain.default`: the shipped trained one) on the embedded base;
 * ``stack:DIR`` or a stack folder path: a saved FSLM stack (:meth:`FSLMChain.from_pretrained`);
 * ``base`` or ``hf:SOURCE``: the bare base model (``base`` = the embedded SmolLM2-135M-Instruct, or any
   source :func:`~langchain_fslm.models.load_base_model` takes) as a langchain-huggingface
@@ -113,7 +113,7 @@ def resolve_spec(spec: str, *, max_new_tokens: int = 64) -> ResolvedSpec:
     if spec == "default":
         chain = FSLMChain.default(engine="torch").with_generation(max_new_tokens=max_new_tokens)
         engine = chain.stages[-1].engine
-        return ResolvedSpec(spec, "fslm-default (zero-shot)", chain, True, getattr(engine, "tokenizer", None))
+        return ResolvedSpec(spec, "fslm-default", chain, True, getattr(engine, "tokenizer", None))
     if spec.startswith("stack:") or Path(spec).is_dir():
         folder = Path(spec.removeprefix("stack:"))
         if not folder.is_dir():
