@@ -33,7 +33,7 @@ def test_run_shows_handoffs_and_info_reads_the_stack(tiny_model_dir, tiny_engine
     folder = FSLMChain.from_specs(default_stage_specs(4), engine=tiny_engine).save_pretrained(tmp_path / "s")
     result = runner.invoke(app, ["info", str(folder)])
     assert result.exit_code == 0, result.output
-    assert "key_points" in result.output
+    assert "intent" in result.output and "answer" in result.output
     result = runner.invoke(app, ["run", "hi", "--stack", str(folder), "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
 

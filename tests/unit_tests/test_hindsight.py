@@ -72,7 +72,16 @@ def test_one_file_holds_one_mode(tmp_path):
 def test_derived_key_points_come_from_the_reference_without_the_teacher(tmp_path):
     teacher = RecordingTeacher()
     rows = [*ROWS[:2], {"instruction": "Say hi.", "input": "", "output": "Hi."}]  # one clause: teacher
-    distill(rows, teacher, tmp_path / "h.jsonl", mode="hindsight", derive=["key_points"], progress=False)
+    four = four_stage_specs()
+    distill(
+        rows,
+        teacher,
+        tmp_path / "h.jsonl",
+        mode="hindsight",
+        derive=["key_points"],
+        progress=False,
+        stages=four,
+    )
     records = read_records(tmp_path / "h.jsonl")
     assert records[0]["stages"]["key_points"]["target"] == (
         "- Fruit 0 is sweet.\n- It grows on trees.\n- People eat it raw."
