@@ -27,9 +27,10 @@ $FSLM train --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instr
   --out "$RUNS/fslm-stack" --max-steps "$STEPS" --batch-size 4 --save-steps 10
 SYSTEMS=${SYSTEMS:-base single-lora fslm-stack}  # which systems to score (a run may reuse another's)
 if [[ " $SYSTEMS " == *" single-lora "* ]]; then
-  stages=$(python -c "from langchain_fslm.roles import default_stage_specs as d; print(len(d()))")
+  # the step count run_inputs.py recorded (stages x STEPS): what the manifest says is what runs
+  single_steps=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['settings']['single_lora_steps'])" "$RUNS/inputs.json")
   $FSLM train --single --handoffs "$RUNS/handoffs.jsonl" --base embedded:smollm2-135m-instruct \
-    --out "$RUNS/single-lora" --max-steps $((stages * STEPS)) --batch-size 4 --save-steps 40
+    --out "$RUNS/single-lora" --max-steps "$single_steps" --batch-size 4 --save-steps 40
 fi
 for sys in $SYSTEMS; do
   [ -f "$RUNS/heldout-$sys.json" ] && continue  # scored already (resume)

@@ -42,18 +42,22 @@ def _gen(tokens: int, override: int | None, stop: list[str] | None = None) -> Ge
     return GenerationConfig(max_new_tokens=override or tokens, repetition_penalty=1.1, stop=stop or [])
 
 
-def _intent(override: int | None) -> StageSpec:
+def _upstream(name: str, prompt: str, tokens: int, stop: str, override: int | None) -> StageSpec:
     # a constrained upstream stage fails only when the budget cuts its text: a retry would cost a
     # generation and rarely fit better, so the unfinished handoff is handed on raw and flagged and the
     # answer still comes (the answer stage is free text)
     return StageSpec(
-        name="intent",
-        prompt=INTENT_PROMPT,
-        output_type="intent",
-        generation=_gen(44, override, ["\n"]),
+        name=name,
+        prompt=prompt,
+        output_type=name,
+        generation=_gen(tokens, override, [stop]),
         parse_retries=0,
         on_parse_error="pass_raw",
     )
+
+
+def _intent(override: int | None) -> StageSpec:
+    return _upstream("intent", INTENT_PROMPT, 44, "\n", override)
 
 
 def default_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
@@ -87,14 +91,7 @@ def four_stage_specs(max_new_tokens: int | None = None) -> list[StageSpec]:
     """
     return [
         _intent(max_new_tokens),
-        StageSpec(
-            name="key_points",
-            prompt=KEY_POINTS_PROMPT,
-            output_type="key_points",
-            generation=_gen(144, max_new_tokens, ["\n\n"]),
-            parse_retries=0,
-            on_parse_error="pass_raw",
-        ),
+        _upstream("key_points", KEY_POINTS_PROMPT, 144, "\n\n", max_new_tokens),
         StageSpec(
             name="draft", prompt=DRAFT_PROMPT, output_type="draft", generation=_gen(128, max_new_tokens)
         ),
