@@ -37,6 +37,7 @@ def main() -> None:
         parser.add_argument(flag, required=True)
     for flag in ("--limit", "--steps", "--eval-n"):
         parser.add_argument(flag, type=int, required=True)
+    parser.add_argument("--stage-steps", default="", help="'intent=80 answer=240': per-stage overrides")
     args = parser.parse_args()
 
     from langchain_fslm.files import sha256_file
@@ -44,6 +45,7 @@ def main() -> None:
     from langchain_fslm.roles import default_stage_specs
 
     stages = [s.name for s in default_stage_specs()]
+    overrides = {k: int(v) for k, v in (p.split("=") for p in args.stage_steps.split())}
 
     gguf = embedded_default_gguf()
     settings = {
@@ -53,7 +55,8 @@ def main() -> None:
         "limit": args.limit,
         "stages": stages,
         "steps_per_stage": args.steps,
-        "single_lora_steps": len(stages) * args.steps,
+        **({"stage_steps": overrides} if overrides else {}),  # absent: every stage takes steps_per_stage
+        "single_lora_steps": sum(overrides.get(s, args.steps) for s in stages),
         "eval_n": args.eval_n,
         "max_new_tokens": args.max_new,
         "heldout": 200,

@@ -26,7 +26,19 @@ def _h(section: str, field: str, text: str) -> str:
     if info.is_required():
         return f"{text} [required, here or in --config]"
     default = info.get_default(call_default_factory=True)
-    return text if default is None else f"{text} [default: {default}]"
+    return text if default is None or default == {} else f"{text} [default: {default}]"
+
+
+def _stage_steps(pairs: list[str] | None) -> dict[str, str] | None:
+    """``["intent=80", "answer=240"]`` as a mapping (the config validates the numbers)."""
+    from langchain_fslm.training.config import ConfigError
+
+    if not pairs:
+        return None
+    bad = [p for p in pairs if p.count("=") != 1 or not all(p.split("="))]
+    if bad:
+        raise ConfigError(f"--stage-steps {bad[0]!r}: write STAGE=STEPS, e.g. --stage-steps answer=240")
+    return dict(p.split("=") for p in pairs)
 
 
 def distill(
@@ -137,6 +149,10 @@ def train(
     max_steps: Annotated[
         Optional[int], typer.Option(help=_h("train", "max_steps", "Optimizer steps per adapter."))
     ] = None,
+    stage_steps: Annotated[
+        Optional[list[str]],
+        typer.Option(help=_h("train", "stage_steps", "STAGE=STEPS, overriding --max-steps (repeatable).")),
+    ] = None,
     epochs: Annotated[
         Optional[float], typer.Option(help=_h("train", "epochs", "Epochs per adapter."))
     ] = None,
@@ -185,6 +201,7 @@ def train(
                 "out": out,
                 "work_dir": work_dir,
                 "max_steps": max_steps,
+                "stage_steps": _stage_steps(stage_steps),
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "batch_size": batch_size,

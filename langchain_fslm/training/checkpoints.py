@@ -27,10 +27,15 @@ NOT_FINGERPRINTED = frozenset({"out", "work_dir", "stages", "logging_steps", "sa
 
 
 def stage_fingerprint(
-    config: TrainConfig, examples: list[tuple[str, str]], system: str | None
+    config: TrainConfig, stage: str, examples: list[tuple[str, str]], system: str | None
 ) -> dict[str, Any]:
-    """What a stage's adapter depends on: the training settings and a hash of its examples."""
-    settings = config.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED) | {"handoffs"})
+    """What a stage's adapter depends on: the training settings and a hash of its examples.
+
+    The stage's own step count stands in for ``max_steps`` / ``stage_steps``, so another stage's
+    step count does not invalidate this one (and runs without ``stage_steps`` keep their fingerprint).
+    """
+    settings = config.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED) | {"handoffs", "stage_steps"})
+    settings["max_steps"] = config.steps_for(stage)
     digest = hashlib.sha256(json.dumps([system, examples], ensure_ascii=False).encode()).hexdigest()
     return {"settings": settings, "examples_sha256": digest}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,6 +86,8 @@ class TrainConfig(BaseModel):
         lora_dropout: LoRA dropout.
         epochs: Passes over each stage's records (ignored when ``max_steps`` is set).
         max_steps: Optimizer steps per adapter (None: ``epochs`` decide).
+        stage_steps: Optimizer steps of named stages, overriding ``max_steps`` for them (e.g.
+            ``{"intent": 80, "answer": 240}``: the short upstream text needs fewer steps than the answer).
         learning_rate: Peak learning rate.
         batch_size: Examples per device per step.
         grad_accum: Gradient accumulation steps.
@@ -118,6 +120,7 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
+    stage_steps: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     learning_rate: float = Field(default=2e-4, gt=0)
     batch_size: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
@@ -129,6 +132,10 @@ class TrainConfig(BaseModel):
     bf16: bool | None = None
     group_by_length: bool = False
     padding_free: bool = True
+
+    def steps_for(self, stage: str) -> int | None:
+        """The optimizer steps of ``stage``'s adapter (None: ``epochs`` decide)."""
+        return self.stage_steps.get(stage, self.max_steps)
 
     def resolved_work_dir(self) -> Path:
         """Where checkpoints go."""

@@ -94,7 +94,7 @@ def _train_adapter(
     log_file = stage_dir / "loss.json"
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    check_work_dir(stage_dir, stage_fingerprint(config, examples, system), main_rank)
+    check_work_dir(stage_dir, stage_fingerprint(config, stage, examples, system), main_rank)
     if (final / "adapter_model.safetensors").is_file() and log_file.is_file():
         done = json.loads(log_file.read_text())
         return done["losses"], float(done.get("wall_s", 0.0)), True, True
@@ -131,7 +131,7 @@ def _train_adapter(
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
+        max_steps=config.steps_for(stage) or -1,
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_steps=config.save_steps,
@@ -269,6 +269,10 @@ def train_stack(
     specs = [s for s in specs if s.name in wanted and s.name in present]
     if not specs:
         raise InvalidInputError(f"{config.handoffs}: records hold no stage of {sorted(wanted)}")
+    stray = sorted(set(config.stage_steps) - {s.name for s in specs})
+    if stray:  # a typo would otherwise train that stage with max_steps, silently
+        trained = [s.name for s in specs]
+        raise InvalidInputError(f"stage_steps names stage(s) {stray} not trained here ({trained})")
     missing = [(n, s.name) for n, r in enumerate(records, 1) for s in specs if s.name not in r["stages"]]
     if missing:
         n, name = missing[0]
@@ -286,6 +290,10 @@ def train_single_lora(config: TrainConfig, progress: bool = True) -> TrainResult
     Returns:
         A one-stage stack (stage ``answer``, prompt ``{input}``).
     """
+    if config.stage_steps:
+        raise InvalidInputError(
+            "stage_steps sets a stack's stages; give the single LoRA its budget as max_steps"
+        )
     records = _records(config)
     examples = {"answer": [(r["input"], r["reference"]) for r in records]}
     return _train([SINGLE_STAGE], examples, config, "single-lora", progress)

@@ -195,7 +195,7 @@ def test_training_lowers_the_target_loss_and_writes_a_loadable_stack(tmp_path, t
     cfg.write_text(
         f"train:\n  handoffs: {handoffs}\n  base: {tiny_model_dir}\n  out: {tmp_path / 'stack'}\n"
         "  max_steps: 6\n  learning_rate: 0.01\n  batch_size: 3\n  lora_r: 4\n  logging_steps: 1\n"
-        "  save_steps: 3\n  max_length: 160\n"
+        "  save_steps: 3\n  max_length: 160\n  stage_steps: {intent: 2}\n"
     )
     result = CliRunner().invoke(app, ["train", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
@@ -203,9 +203,8 @@ def test_training_lowers_the_target_loss_and_writes_a_loadable_stack(tmp_path, t
     assert [s.name for s in stack.stages] == ["intent", "key_points", "draft", "answer"]
     assert all(s.adapter for s in stack.stages)
     log = json.loads((tmp_path / "stack" / "training_log.json").read_text())
-    assert (
-        set(log["losses"]) == {"intent", "key_points", "draft", "answer"} and len(log["losses"]["draft"]) == 6
-    )
+    assert set(log["losses"]) == {"intent", "key_points", "draft", "answer"}
+    assert len(log["losses"]["draft"]) == 6 and len(log["losses"]["intent"]) == 2  # stage_steps wins
     with safe_open(tmp_path / "stack" / "adapters" / "draft" / "adapter_model.safetensors", "pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert any("lora_A" in k and s[0] == 4 for k, s in shapes.items())
@@ -256,6 +255,10 @@ def test_cli_distill_then_train_single_lora(tmp_path, tiny_model_dir, tiny_engin
     assert result.exit_code == 0 and "3 were already there" in result.stdout, result.output
     train = ["train", "--single", "--handoffs", str(tmp_path / "h.jsonl"), "--base", str(tiny_model_dir)]
     train += ["--out", str(tmp_path / "single"), "--max-steps", "1", "--group-by-length"]
+    single_budget = "give the single LoRA its budget as max_steps"
+    for bad, says in (("answer=1", single_budget), ("answer", "STAGE=STEPS")):
+        result = runner.invoke(app, [*train, "--stage-steps", bad])
+        assert result.exit_code == 2 and says in result.output, result.output
     result = runner.invoke(app, train)
     assert result.exit_code == 0, result.output
     assert (
@@ -438,13 +441,19 @@ def test_resume_skips_a_checkpoint_killed_while_saving_and_refuses_changed_setti
 
     pairs = [("p", "t")]
     config = TrainConfig(handoffs=tmp_path / "h.jsonl", lora_r=4)
-    check_work_dir(stage, stage_fingerprint(config, pairs, None), main=True)
-    check_work_dir(stage, stage_fingerprint(config, pairs, None), main=True)  # same run: fine
+    check_work_dir(stage, stage_fingerprint(config, "s", pairs, None), main=True)
+    check_work_dir(stage, stage_fingerprint(config, "s", pairs, None), main=True)  # same run: fine
     with pytest.raises(InvalidInputError, match="lora_r"):
         changed = config.model_copy(update={"lora_r": 8})
-        check_work_dir(stage, stage_fingerprint(changed, pairs, None), main=True)
+        check_work_dir(stage, stage_fingerprint(changed, "s", pairs, None), main=True)
     with pytest.raises(InvalidInputError, match="training examples"):
-        check_work_dir(stage, stage_fingerprint(config, [("p", "other")], None), main=True)
+        check_work_dir(stage, stage_fingerprint(config, "s", [("p", "other")], None), main=True)
+    # another stage's step count leaves this stage's run resumable; its own count does not
+    other = config.model_copy(update={"stage_steps": {"answer": 9}})
+    check_work_dir(stage, stage_fingerprint(other, "s", pairs, None), main=True)
+    with pytest.raises(InvalidInputError, match="max_steps"):
+        own = config.model_copy(update={"stage_steps": {"s": 9}})
+        check_work_dir(stage, stage_fingerprint(own, "s", pairs, None), main=True)
 
 
 def test_bad_handoffs_and_config_sections_are_named(tmp_path):
@@ -454,6 +463,8 @@ def test_bad_handoffs_and_config_sections_are_named(tmp_path):
     alpaca.write_text(json.dumps(ROWS))  # an Alpaca file, not distilled records
     with pytest.raises(ValueError, match="record 1 is not a distilled record"):
         train_stack(TrainConfig(handoffs=alpaca))
+    with pytest.raises(ValueError, match=r"stage_steps names stage\(s\) \['nope'\] not trained"):
+        train_stack(TrainConfig(handoffs=_records_file(tmp_path), stage_steps={"nope": 1}))
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train: [1, 2]\n")
     with pytest.raises(ConfigError, match=r"\[train\]: the section must be a mapping"):
