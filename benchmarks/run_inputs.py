@@ -43,9 +43,15 @@ def main() -> None:
     from langchain_fslm.files import sha256_file
     from langchain_fslm.models.refs import embedded_default_gguf
     from langchain_fslm.roles import default_stage_specs
+    from langchain_fslm.training.config import parse_stage_steps
 
     stages = [s.name for s in default_stage_specs()]
-    overrides = {k: int(v) for k, v in (p.split("=") for p in args.stage_steps.split())}
+    try:
+        overrides = {k: int(v) for k, v in parse_stage_steps(args.stage_steps.split()).items()}
+    except ValueError as err:  # ConfigError is one; so is a step count that is not a number
+        sys.exit(str(err))
+    if set(overrides) - set(stages):  # refused before the manifest fixes a wrong single-LoRA budget
+        sys.exit(f"--stage-steps names {sorted(set(overrides) - set(stages))}; the stages are {stages}")
 
     gguf = embedded_default_gguf()
     settings = {

@@ -29,18 +29,6 @@ def _h(section: str, field: str, text: str) -> str:
     return text if default is None or default == {} else f"{text} [default: {default}]"
 
 
-def _stage_steps(pairs: list[str] | None) -> dict[str, str] | None:
-    """``["intent=80", "answer=240"]`` as a mapping (the config validates the numbers)."""
-    from langchain_fslm.training.config import ConfigError
-
-    if not pairs:
-        return None
-    bad = [p for p in pairs if p.count("=") != 1 or not all(p.split("="))]
-    if bad:
-        raise ConfigError(f"--stage-steps {bad[0]!r}: write STAGE=STEPS, e.g. --stage-steps answer=240")
-    return dict(p.split("=") for p in pairs)
-
-
 def distill(
     data: Annotated[Optional[Path], typer.Option(help=_h("distill", "data", "Alpaca JSON file."))] = None,
     teacher: Annotated[
@@ -188,7 +176,7 @@ def train(
 ) -> None:
     """Train one LoRA per stage (or one single LoRA) and write a stack folder; resumes if killed."""
     from langchain_fslm.errors import FSLMError
-    from langchain_fslm.training.config import load_config
+    from langchain_fslm.training.config import load_config, parse_stage_steps
     from langchain_fslm.training.finetune import train_single_lora, train_stack
 
     try:
@@ -201,7 +189,7 @@ def train(
                 "out": out,
                 "work_dir": work_dir,
                 "max_steps": max_steps,
-                "stage_steps": _stage_steps(stage_steps),
+                "stage_steps": parse_stage_steps(stage_steps) if stage_steps else None,
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "batch_size": batch_size,

@@ -142,6 +142,18 @@ class TrainConfig(BaseModel):
         return self.work_dir or self.out.with_name(self.out.name + ".work")
 
 
+def parse_stage_steps(pairs: list[str]) -> dict[str, str]:
+    """``["intent=80", "answer=240"]`` as a mapping (``TrainConfig`` validates the numbers).
+
+    Raises:
+        ConfigError: Naming the first pair not written ``STAGE=STEPS``.
+    """
+    bad = [p for p in pairs if p.count("=") != 1 or not all(p.split("="))]
+    if bad:
+        raise ConfigError(f"--stage-steps {bad[0]!r}: write STAGE=STEPS, e.g. --stage-steps answer=240")
+    return dict(p.split("=") for p in pairs)
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
